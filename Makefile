@@ -1,0 +1,34 @@
+# Quick start:  make demo   (set up, fetch the embedded models and data, run the main job)
+#               make test   (set up, lint, type-check, run the test suite)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint typecheck pytest
+
+$(BIN)/road-interp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0          # the CPU wheel; install it first
+	$(BIN)/pip install --quiet -e ".[dev,data,notebooks]"
+	touch $@
+
+setup: $(BIN)/road-interp
+	$(BIN)/road-interp fetch
+
+demo: setup
+	$(BIN)/road-interp demo
+
+lint: $(BIN)/road-interp
+	$(BIN)/ruff check road_interp tests experiments
+	$(BIN)/ruff format --check road_interp tests experiments
+
+typecheck: $(BIN)/road-interp
+	$(BIN)/mypy road_interp
+
+pytest: setup
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest

@@ -1,0 +1,205 @@
+"""Sites: the places a RoAd rotation acts, each holding several named adapters.
+
+A `RoadAdapter` owns one adapter's parameters (θ, α) at one site and turns them into the
+coefficients (c, s) of `road_interp.rotation` (cached while the parameters are frozen).
+
+A `RoadSite` holds named adapters and an active set, and rotates a hidden vector h of size d
+(..., d) by each active adapter in order. Mixed-adapter serving sets ``site.routing`` to per-row
+coefficients (B, d) instead (see `road_interp.bank`).
+
+`RoadLinear` wraps an ``nn.Linear`` or a transformers GPT-2 ``Conv1D``: the rotation acts on
+the layer's output, bias included, so it can be merged: W' = R W, b' = R b.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from . import rotation
+from .config import RoadConfig
+
+
+class RoadAdapter(nn.Module):
+    """One adapter's (θ, α) at one site of size d; shapes follow `rotation.num_params`.
+
+    Parameters are float32 by default whatever the base model's dtype.
+    """
+
+    def __init__(self, size: int, config: RoadConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        rotation.check_pairing(size, config.group_size)
+        self.size = size
+        self.variant = config.variant
+        self.group_size = config.group_size
+        init = rotation.random_params if config.init == "random" else None
+        theta, alpha = (
+            init(self.variant, size, generator)
+            if init
+            else rotation.identity_params(self.variant, size)
+        )
+        self.theta = nn.Parameter(theta)
+        self.alpha = nn.Parameter(alpha)
+        self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+
+    def coefficients(self) -> tuple[Tensor, Tensor]:
+        """(c, s), each (d,). Cached while no gradient can flow into θ, α; the cache key holds
+        the parameters' version counters, so any in-place update (an optimizer step, a
+        `load_state_dict`) invalidates it."""
+        if torch.is_grad_enabled() and (self.theta.requires_grad or self.alpha.requires_grad):
+            return rotation.coefficients(self.variant, self.group_size, self.theta, self.alpha)
+        key = (
+            self.theta._version,
+            self.alpha._version,
+            self.theta.data_ptr(),
+            self.alpha.data_ptr(),
+        )
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                coeffs = rotation.coefficients(
+                    self.variant, self.group_size, self.theta, self.alpha
+                )
+            self._cache = (key, coeffs)
+        return self._cache[1]
+
+    def check_finite(self, where: str) -> None:
+        if not (torch.isfinite(self.theta).all() and torch.isfinite(self.alpha).all()):
+            raise ValueError(
+                f"{where}: adapter parameters contain NaN or inf; refusing to use them"
+            )
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, variant={self.variant}, group_size={self.group_size}"
+
+
+class RoadSite(nn.Module):
+    """Named adapters at one site of size d, applied in the order of the active set."""
+
+    def __init__(self, size: int, name: str = ""):
+        super().__init__()
+        self.size = size
+        self.site_name = name
+        self.adapters = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()
+        self.disabled = False
+        self.routing: tuple[Tensor, Tensor, int] | None = None
+        """(c_rows, s_rows, group_size) with rows (B, d), set by a bank's routing context."""
+
+    def add_adapter(
+        self, name: str, config: RoadConfig, generator: torch.Generator | None = None
+    ) -> RoadAdapter:
+        if name in self.adapters:
+            raise ValueError(f"{self.site_name}: an adapter named {name!r} already exists")
+        adapter = RoadAdapter(self.size, config, generator)
+        self.adapters[name] = adapter
+        return adapter
+
+    def adapter(self, name: str) -> RoadAdapter:
+        return cast(RoadAdapter, self.adapters[name])
+
+    def set_active(self, names: Iterable[str]) -> None:
+        names = tuple(names)
+        missing = [n for n in names if n not in self.adapters]
+        if missing:
+            raise KeyError(
+                f"{self.site_name}: no adapter named {missing}; have {list(self.adapters)}"
+            )
+        self.active = names
+
+    def rotate(self, h: Tensor) -> Tensor:
+        """Apply the routed rows, or each active adapter, to h (..., d); returns h's dtype."""
+        if self.disabled or (self.routing is None and not self.active):
+            return h
+        z = h.float()
+        if self.routing is not None:
+            c_rows, s_rows, group_size = self.routing  # (B, d) each
+            shape = (c_rows.shape[0],) + (1,) * (h.dim() - 2) + (self.size,)
+            z = rotation.apply(z, c_rows.view(shape), s_rows.view(shape), group_size)
+        else:
+            for name in self.active:
+                adapter = self.adapter(name)
+                c, s = adapter.coefficients()
+                z = rotation.apply(z.to(c.dtype), c, s, adapter.group_size)
+        return z.to(h.dtype)
+
+
+class RoadLinear(RoadSite):
+    """A Linear or Conv1D whose output (bias included) is rotated: y = R (W x + b).
+
+    ``merge()`` folds the active adapters into W and b row-wise (O(d·k)); ``unmerge()`` undoes
+    it with the closed-form block inverse. While merged, the forward is the base layer's.
+    """
+
+    def __init__(self, base_layer: nn.Module, name: str = ""):
+        if isinstance(base_layer, nn.Linear):
+            size = base_layer.out_features
+        elif isinstance(base_layer, Conv1D):
+            size = base_layer.nf
+        else:
+            raise TypeError(
+                f"{name}: RoAd wraps nn.Linear or Conv1D, not {type(base_layer).__name__}"
+            )
+        super().__init__(size, name)
+        self.base_layer = base_layer
+        self.merged: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base_layer(x)
+        if self.merged:
+            if self.disabled or self.routing is not None:
+                raise RuntimeError(
+                    f"{self.site_name}: adapters {self.merged} are merged into the weights; "
+                    "unmerge() before disabling adapters or routing a mixed batch"
+                )
+            return y
+        return self.rotate(y)
+
+    def set_active(self, names: Iterable[str]) -> None:
+        if self.merged:
+            raise RuntimeError(f"{self.site_name}: unmerge() before changing the active adapters")
+        super().set_active(names)
+
+    def _fold(self, c: Tensor, s: Tensor, group_size: int) -> None:
+        """W <- R W, b <- R b in place, computed in float32, stored in the base dtype."""
+        weight = self.base_layer.weight
+        w = weight.detach().float()
+        if isinstance(self.base_layer, Conv1D):  # weight (in, out): rotate along the last dim
+            new_w = rotation.apply(w, c, s, group_size)
+        else:  # nn.Linear weight (out, in): rotate rows
+            new_w = rotation.merge_rows(w, c, s, group_size)
+        with torch.no_grad():
+            weight.copy_(new_w.to(weight.dtype))
+            bias = self.base_layer.bias
+            if bias is not None:
+                bias.copy_(rotation.apply(bias.float(), c, s, group_size).to(bias.dtype))
+
+    def merge(self) -> None:
+        """Fold the active adapters into the base layer."""
+        if self.merged:
+            raise RuntimeError(f"{self.site_name}: adapters {self.merged} are already merged")
+        for name in self.active:
+            self.adapter(name).check_finite(f"{self.site_name} / adapter {name!r}")
+        for name in self.active:
+            adapter = self.adapter(name)
+            with torch.no_grad():
+                c, s = rotation.coefficients(
+                    adapter.variant, adapter.group_size, adapter.theta, adapter.alpha
+                )
+            self._fold(c.float(), s.float(), adapter.group_size)
+        self.merged = self.active
+
+    def unmerge(self) -> None:
+        """Undo `merge` exactly up to float rounding, with each block's closed-form inverse."""
+        for name in reversed(self.merged):
+            adapter = self.adapter(name)
+            with torch.no_grad():
+                c, s = rotation.coefficients(
+                    adapter.variant, adapter.group_size, adapter.theta, adapter.alpha
+                )
+                c_inv, s_inv = rotation.invert(c.float(), s.float(), adapter.group_size)
+            self._fold(c_inv, s_inv, adapter.group_size)
+        self.merged = ()

