@@ -1,0 +1,360 @@
+"""Composition algebra on adapters (`AdapterFile`) and on adapter folders.
+
+Every operation works site by site and plane by plane; nothing needs a model.
+
+- `restrict(A, S)`: A on the planes of subspace S, the identity (θ = 0, α = 1) elsewhere.
+- `union(A, B, ...)`: each plane takes the parameters of the one adapter that moves it (its
+  *support*, `support`). On disjoint supports this is exact (a copy of parameters) and equals
+  applying each adapter on its own planes. Planes moved by two adapters are an overlap: by
+  default an `OverlapError` carrying the overlap report (a DataFrame); with
+  ``on_overlap="product"`` they get the block product, explicitly.
+- `product(A, B)`: the block product R_B R_A on every plane (A applied first). For RoAd1 it is
+  exact in parameter space (angles add, magnitudes multiply; rotations in one plane commute).
+- `scale(A, λ)`: in **parameter space**, θ → λθ, α → α^λ. For RoAd1 this is the matrix power
+  R^λ of each scaled rotation (λ = 0: identity, λ = 1: A, λ = −1: A⁻¹, λ = 2: A applied twice).
+  For RoAd2 and RoAd4 it interpolates each (α, θ) pair from the identity (λ = 0) to A
+  (λ = 1), which is not a matrix power of the block. Non-integer λ needs α > 0.
+- `invert(A)`: the inverse. RoAd1: θ → −θ, α → 1/α. RoAd2 and RoAd4 can represent any 2×2
+  block, so their inverse is the closed-form block inverse converted back to parameters
+  (`params_from_coefficients`). A zero magnitude (a singular block) is an error.
+
+Adapters combine only if they share variant and group size, were made for the same base model,
+and agree on the size of every shared site; otherwise a ValueError names the difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from . import rotation
+from .io import AdapterFile, read_adapter, write_adapter, write_peft
+from .subspaces import OVERLAP_COLUMNS, Subspace, _overlap_row, param_mask, plane_support
+
+
+class OverlapError(ValueError):
+    """Adapters in a union move the same planes. ``report`` is the overlap DataFrame."""
+
+    def __init__(self, message: str, report: pd.DataFrame):
+        super().__init__(message)
+        self.report = report
+
+
+Params = tuple[Tensor, Tensor]
+
+
+# -- checks -------------------------------------------------------------------------------------
+def check_composable(adapters: Mapping[str, AdapterFile]) -> None:
+    """Raise ValueError unless all adapters share variant, group size, base model and the size
+    of every shared site."""
+    items = list(adapters.items())
+    if not items:
+        raise ValueError("nothing to compose: give at least one adapter")
+    first_name, first = items[0]
+    sizes = dict(first.sites)
+    for name, other in items[1:]:
+        for field in ("variant", "group_size"):
+            a, b = getattr(first.config, field), getattr(other.config, field)
+            if a != b:
+                raise ValueError(
+                    f"cannot compose {first_name!r} ({field} {a}) with {name!r} ({field} {b}); "
+                    f"adapters must share variant and group_size"
+                )
+        for key in ("model_type", "architecture", "name_or_path"):
+            a, b = first.base_model.get(key), other.base_model.get(key)
+            if a and b and a != b:
+                raise ValueError(
+                    f"cannot compose {first_name!r} and {name!r}: they were made for different "
+                    f"base models ({key} {a!r} vs {b!r})"
+                )
+        for site, d in other.sites.items():
+            if sizes.setdefault(site, d) != d:
+                raise ValueError(
+                    f"cannot compose: site {site} has size {sizes[site]} in {first_name!r} "
+                    f"but {d} in {name!r}"
+                )
+
+
+def _named(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) -> dict[str, AdapterFile]:
+    if isinstance(adapters, Mapping):
+        return dict(adapters)
+    return {f"adapter{i}": a for i, a in enumerate(adapters)}
+
+
+def _with_params(like: AdapterFile, params: dict[str, Params]) -> AdapterFile:
+    config = replace(like.config, targets=tuple(params))
+    return AdapterFile(config, like.base_model, params)
+
+
+# -- parameters <-> coefficients ----------------------------------------------------------------
+def params_from_coefficients(variant: str, group_size: int, c: Tensor, s: Tensor) -> Params:
+    """(θ, α) of ``variant`` whose coefficients are (c, s), each (d,).
+
+    RoAd2: per coordinate, α = |(c, s)| and θ = atan2(s, c) (any block is representable).
+    RoAd4: the cosine entry gets α = |c|, θ ∈ {0, π}; the sine entry α = |s|, θ = ±π/2, or the
+    identity's (θ, α) = (0, 1) where s = 0. RoAd1: only scaled rotations (c_a = c_b, s_a = s_b)
+    are representable; anything else raises ValueError.
+    """
+    if variant == "road_2":
+        return torch.atan2(s, c), torch.hypot(c, s)
+    if variant == "road_4":
+        theta_c = torch.where(c < 0, torch.full_like(c, math.pi), torch.zeros_like(c))
+        alpha_c = c.abs()
+        theta_s = torch.sign(s) * (math.pi / 2)
+        alpha_s = torch.where(s == 0, torch.ones_like(s), s.abs())
+        theta = torch.stack((theta_c.reshape(-1, group_size), theta_s.reshape(-1, group_size)), 1)
+        alpha = torch.stack((alpha_c.reshape(-1, group_size), alpha_s.reshape(-1, group_size)), 1)
+        return theta.reshape(-1), alpha.reshape(-1)  # (groups, 2, g) flattened
+    if variant == "road_1":
+        a, b = rotation.plane_indices(c.numel(), group_size)
+        tol = 1e-5 * max(1.0, float(c.abs().max()), float(s.abs().max()))
+        if (c[a] - c[b]).abs().max() > tol or (s[a] - s[b]).abs().max() > tol:
+            raise ValueError(
+                "the result is not a scaled rotation in every plane, so RoAd1 cannot represent "
+                "it; use road_2 or road_4 adapters for this operation"
+            )
+        return torch.atan2(s[a], c[a]), torch.hypot(c[a], s[a])
+    raise ValueError(f"unknown RoAd variant {variant!r}")
+
+
+def _coefficients(adapter: AdapterFile, site: str) -> Params:
+    theta, alpha = adapter.params[site]
+    cfg = adapter.config
+    return rotation.coefficients(cfg.variant, cfg.group_size, theta.double(), alpha.double())
+
+
+def _identity(adapter: AdapterFile, d: int) -> Params:
+    return rotation.identity_params(adapter.config.variant, d, dtype=torch.float64)
+
+
+def _site_params(adapter: AdapterFile, site: str, d: int) -> Params:
+    if site in adapter.params:
+        theta, alpha = adapter.params[site]
+        return theta.double(), alpha.double()
+    return _identity(adapter, d)
+
+
+def _product_params(variant: str, group_size: int, first: Params, second: Params) -> Params:
+    """Parameters of R_second R_first at one site (float64)."""
+    if variant == "road_1":
+        return first[0] + second[0], first[1] * second[1]
+    c1, s1 = rotation.coefficients(variant, group_size, *first)
+    c2, s2 = rotation.coefficients(variant, group_size, *second)
+    c, s = rotation.compose((c1, s1), (c2, s2), group_size)
+    return params_from_coefficients(variant, group_size, c, s)
+
+
+def _float32(params: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Params]:
+    return {site: (t.float(), a.float()) for site, (t, a) in params.items()}
+
+
+# -- operations ---------------------------------------------------------------------------------
+def support(adapter: AdapterFile, name: str = "") -> Subspace:
+    """The planes on which ``adapter`` is not exactly the identity."""
+    cfg = adapter.config
+    planes = {
+        site: plane_support(cfg.variant, cfg.group_size, theta, alpha).nonzero().reshape(-1)
+        for site, (theta, alpha) in adapter.params.items()
+    }
+    return Subspace(adapter.sites, planes, name)
+
+
+def restrict(adapter: AdapterFile, subspace: Subspace) -> AdapterFile:
+    """``adapter`` on the planes of ``subspace``, the identity on every other plane (sites the
+    subspace does not name become the identity)."""
+    cfg = adapter.config
+    params = {}
+    for site, (theta, alpha) in adapter.params.items():
+        if site in subspace.sizes and subspace.sizes[site] != adapter.sites[site]:
+            raise ValueError(
+                f"subspace {subspace.name!r}: site {site} has size {subspace.sizes[site]}, "
+                f"the adapter's has {adapter.sites[site]}"
+            )
+        planes = (
+            subspace.plane_mask(site)
+            if site in subspace.sizes
+            else torch.zeros(adapter.sites[site] // 2, dtype=torch.bool)
+        )
+        keep = param_mask(planes, cfg.variant, cfg.group_size)
+        params[site] = (
+            torch.where(keep, theta, torch.zeros_like(theta)),
+            torch.where(keep, alpha, torch.ones_like(alpha)),
+        )
+    return _with_params(adapter, params)
+
+
+def overlap_report(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) -> pd.DataFrame:
+    """One row per site and pair of adapters: planes each moves, planes both move, and the
+    shared share of the smaller support. Columns: site, d, first, second, planes_first,
+    planes_second, shared, shared_share."""
+    named = _named(adapters)
+    check_composable(named)
+    supports = {n: support(a, n) for n, a in named.items()}
+    names = list(named)
+    rows = []
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            s1, s2 = supports[first], supports[second]
+            for site in sorted(set(s1.sizes) & set(s2.sizes)):
+                rows.append(
+                    _overlap_row(
+                        site,
+                        s1.sizes[site],
+                        first,
+                        second,
+                        s1.plane_mask(site),
+                        s2.plane_mask(site),
+                    )
+                )
+    return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
+
+
+def union(
+    adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile], on_overlap: str = "error"
+) -> AdapterFile:
+    """Each plane from the adapter that moves it; planes several adapters move raise an
+    `OverlapError` (``on_overlap="error"``) or get their block product in the given order
+    (``on_overlap="product"``). Exact (a parameter copy) where supports are disjoint."""
+    if on_overlap not in ("error", "product"):
+        raise ValueError(f"on_overlap must be 'error' or 'product', got {on_overlap!r}")
+    named = _named(adapters)
+    check_composable(named)
+    if on_overlap == "error" and len(named) > 1:
+        report = overlap_report(named)
+        shared = report[report["shared"] > 0]
+        if len(shared):
+            raise OverlapError(
+                f"{int(shared['shared'].sum())} planes are moved by more than one adapter, at "
+                f"{shared['site'].nunique()} sites; union never sums them silently. Restrict the "
+                f"adapters to disjoint subspaces or pass on_overlap='product'.\n"
+                + shared.head(10).to_string(index=False),
+                report,
+            )
+    first = next(iter(named.values()))
+    cfg = first.config
+    sizes: dict[str, int] = {}
+    for each in named.values():
+        sizes.update(each.sites)
+    params: dict[str, tuple[Tensor, Tensor]] = {}
+    for site, d in sizes.items():
+        theta, alpha = _identity(first, d)
+        moved = torch.zeros(d // 2, dtype=torch.bool)
+        for adapter in named.values():
+            if site not in adapter.params:
+                continue
+            t, a = _site_params(adapter, site, d)
+            own = plane_support(cfg.variant, cfg.group_size, t, a)
+            only = param_mask(own & ~moved, cfg.variant, cfg.group_size)
+            both = param_mask(own & moved, cfg.variant, cfg.group_size)
+            theta, alpha = torch.where(only, t, theta), torch.where(only, a, alpha)
+            if both.any():
+                pt, pa = _product_params(cfg.variant, cfg.group_size, (theta, alpha), (t, a))
+                theta, alpha = torch.where(both, pt, theta), torch.where(both, pa, alpha)
+            moved |= own
+        params[site] = (theta, alpha)
+    return _with_params(first, _float32(params))
+
+
+def product(first: AdapterFile, second: AdapterFile) -> AdapterFile:
+    """R_second R_first on every plane (``first`` applied first), over the union of sites."""
+    check_composable({"first": first, "second": second})
+    cfg = first.config
+    sizes = {**first.sites, **second.sites}
+    params = {
+        site: _product_params(
+            cfg.variant,
+            cfg.group_size,
+            _site_params(first, site, d),
+            _site_params(second, site, d),
+        )
+        for site, d in sizes.items()
+    }
+    return _with_params(first, _float32(params))
+
+
+def scale(adapter: AdapterFile, lam: float) -> AdapterFile:
+    """θ → λθ, α → α^λ (see the module docstring for what that means per variant)."""
+    if not math.isfinite(lam):
+        raise ValueError(f"the scale must be a finite number, got {lam}")
+    params = {}
+    for site, (theta, alpha) in adapter.params.items():
+        alpha = alpha.double()
+        if not float(lam).is_integer() and bool((alpha <= 0).any()):
+            raise ValueError(
+                f"site {site}: α ≤ 0 somewhere, so α^{lam} is undefined; only integer scales "
+                "work for this adapter"
+            )
+        if lam < 0 and bool((alpha == 0).any()):
+            raise ValueError(f"site {site}: α = 0 somewhere, so a negative scale is undefined")
+        params[site] = (theta.double() * lam, alpha.pow(lam))
+    return _with_params(adapter, _float32(params))
+
+
+def invert(adapter: AdapterFile) -> AdapterFile:
+    """The adapter whose rotation is the inverse of ``adapter``'s at every site."""
+    cfg = adapter.config
+    params = {}
+    for site, (theta, alpha) in adapter.params.items():
+        if cfg.variant == "road_1":
+            if bool((alpha == 0).any()):
+                raise ValueError(f"site {site}: a plane has α = 0 (singular); it has no inverse")
+            params[site] = (-theta.double(), 1.0 / alpha.double())
+            continue
+        c, s = _coefficients(adapter, site)
+        try:
+            ci, si = rotation.invert(c, s, cfg.group_size)
+        except ValueError as err:
+            raise ValueError(f"site {site}: {err}") from None
+        params[site] = params_from_coefficients(cfg.variant, cfg.group_size, ci, si)
+    return _with_params(adapter, _float32(params))
+
+
+# -- folders ------------------------------------------------------------------------------------
+def compose_folders(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    on_overlap: str = "error",
+    scales: Sequence[float] | None = None,
+    inverted: Sequence[int] = (),
+    restrictions: Sequence[str] | None = None,
+    peft: bool = False,
+) -> tuple[Path, pd.DataFrame]:
+    """Read adapter folders, transform each (restrict to a subspace spec, scale, invert, in
+    that order), take their `union` and write it atomically. ``inverted`` holds 0-based input
+    positions. Returns the output folder and the overlap report of the transformed inputs."""
+    n = len(inputs)
+    scales = list(scales) if scales is not None else [1.0] * n
+    restrictions = list(restrictions) if restrictions is not None else ["all"] * n
+    if len(scales) == 1 and n > 1:
+        scales *= n
+    if len(restrictions) == 1 and n > 1:
+        restrictions *= n
+    if len(scales) != n or len(restrictions) != n:
+        raise ValueError(f"give one scale and one subspace per input adapter ({n}), or one for all")
+    bad = [i for i in inverted if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"cannot invert input(s) {[i + 1 for i in bad]}: there are {n} inputs")
+    adapters: dict[str, AdapterFile] = {}
+    for i, path in enumerate(inputs):
+        adapter = read_adapter(path)
+        key = f"{i + 1}:{Path(path).name}"
+        if restrictions[i] != "all":
+            spec = Subspace.from_spec(restrictions[i], adapter.sites, adapter.config.group_size)
+            adapter = restrict(adapter, spec)
+        if scales[i] != 1.0:
+            adapter = scale(adapter, scales[i])
+        if i in inverted:
+            adapter = invert(adapter)
+        adapters[key] = adapter
+    check_composable(adapters)
+    report = overlap_report(adapters) if n > 1 else pd.DataFrame(columns=OVERLAP_COLUMNS)
+    result = union(adapters, on_overlap=on_overlap)
+    written = (write_peft if peft else write_adapter)(result, output)
+    return written, report

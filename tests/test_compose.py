@@ -1,0 +1,299 @@
+"""Composition algebra against the dense 2x2-block reference, on files, folders and models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from road_interp import RoadConfig, RoadModel, read_adapter, rotation, write_adapter
+from road_interp.cli import main as cli_main
+from road_interp.compose import (
+    OverlapError,
+    check_composable,
+    invert,
+    overlap_report,
+    params_from_coefficients,
+    product,
+    restrict,
+    scale,
+    support,
+    union,
+)
+from road_interp.io import AdapterFile, add_adapter_file
+from road_interp.subspaces import Subspace
+from tests.conftest import tiny_llama
+from tests.reference import dense_rotation
+
+VARIANTS = ["road_1", "road_2", "road_4"]
+BASE = {"model_type": "llama", "architecture": "LlamaForCausalLM", "name_or_path": None}
+SITES = {"a.q_proj": 128, "b.o_proj": 64}
+
+
+def make(variant="road_1", group_size=4, seed=0, sites=SITES, positive=False, base=BASE):
+    gen = torch.Generator().manual_seed(seed)
+    params = {}
+    for site, d in sites.items():
+        theta, alpha = rotation.random_params(variant, d, gen)
+        if positive:
+            alpha = alpha.abs() + 0.1
+        params[site] = (theta, alpha)
+    config = RoadConfig(variant=variant, group_size=group_size, targets=tuple(sites))
+    return AdapterFile(config, dict(base), params)
+
+
+def dense(adapter: AdapterFile, site: str) -> torch.Tensor:
+    theta, alpha = adapter.params[site]
+    return dense_rotation(adapter.config.variant, adapter.config.group_size, theta, alpha)
+
+
+def halves(adapter, k):
+    return restrict(adapter, Subspace.part(adapter.sites, k, 2))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size", [2, 4, 64])
+def test_disjoint_union_equals_each_on_its_own_planes_exactly(variant, group_size):
+    a = halves(make(variant, group_size, seed=1), 0)
+    b = halves(make(variant, group_size, seed=2), 1)
+    u = union({"a": a, "b": b})
+    h = torch.randn(5, 128, generator=torch.Generator().manual_seed(3))
+    site = "a.q_proj"
+
+    def run(adapter, x):
+        c, s = rotation.coefficients(variant, group_size, *adapter.params[site])
+        return rotation.apply(x, c, s, group_size)
+
+    assert torch.equal(run(u, h), run(b, run(a, h)))
+    assert torch.equal(run(u, h), run(a, run(b, h)))
+    # and it is a copy of parameters, so the supports are exactly the two halves
+    assert torch.equal(support(u).plane_mask(site), torch.ones(64, dtype=torch.bool))
+
+
+def test_disjoint_union_on_a_model_equals_both_adapters_active(input_ids):
+    targets = ("q_proj", "down_proj")
+    model = RoadModel(tiny_llama())
+    config = RoadConfig(variant="road_1", group_size=64, targets=targets, init="random")
+    model.add_adapter("a", config, seed=1)
+    model.add_adapter("b", config, seed=2)
+    from road_interp.io import adapter_from_model
+
+    a = halves(adapter_from_model(model, "a"), 0)
+    b = halves(adapter_from_model(model, "b"), 1)
+    model.delete_adapter("a")
+    model.delete_adapter("b")
+    add_adapter_file(model, a, "a")
+    add_adapter_file(model, b, "b")
+    model.set_active("a", "b")
+    with torch.no_grad():
+        both = model(input_ids).logits
+        add_adapter_file(model, union([a, b]), "ab", activate=False)
+        model.set_active("ab")
+        composed = model(input_ids).logits
+        model.set_active("a")
+        only_a = model(input_ids).logits
+    assert torch.equal(both, composed)
+    assert not torch.allclose(only_a, composed)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size", [2, 64])
+def test_product_matches_dense(variant, group_size):
+    a, b = make(variant, group_size, seed=1), make(variant, group_size, seed=2)
+    p = product(a, b)
+    for site in SITES:
+        torch.testing.assert_close(
+            dense(p, site), dense(b, site) @ dense(a, site), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_road1_product_adds_angles_and_commutes():
+    a, b = make("road_1", seed=1), make("road_1", seed=2)
+    p, q = product(a, b), product(b, a)
+    theta_a, alpha_a = a.params["a.q_proj"]
+    theta_b, alpha_b = b.params["a.q_proj"]
+    assert torch.equal(p.params["a.q_proj"][0], theta_a + theta_b)
+    torch.testing.assert_close(p.params["a.q_proj"][1], alpha_a * alpha_b)
+    torch.testing.assert_close(dense(p, "a.q_proj"), dense(q, "a.q_proj"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("group_size", [2, 4, 64])
+def test_inverse_matches_dense_and_undoes_the_adapter(variant, group_size):
+    a = make(variant, group_size, seed=4)
+    inv = invert(a)
+    for site, d in SITES.items():
+        eye = torch.eye(d, dtype=torch.float64)
+        torch.testing.assert_close(
+            dense(inv, site), torch.linalg.inv(dense(a, site)), rtol=1e-4, atol=1e-4
+        )
+        torch.testing.assert_close(dense(product(a, inv), site), eye, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(dense(product(inv, a), site), eye, rtol=1e-4, atol=1e-4)
+
+
+def test_inverse_of_singular_block_is_an_error():
+    a = make("road_2", seed=0)
+    theta, alpha = a.params["a.q_proj"]
+    alpha = alpha.clone()
+    alpha[[0, 2]] = 0.0  # coordinates 0 and 2 are one plane at group size 4: a zero block row pair
+    bad = AdapterFile(a.config, a.base_model, {"a.q_proj": (theta, alpha)})
+    with pytest.raises(ValueError, match="singular"):
+        invert(bad)
+
+
+def test_road1_scale_is_the_matrix_power():
+    a = make("road_1", seed=5, positive=True)
+    for site in SITES:
+        R = dense(a, site)
+        torch.testing.assert_close(dense(scale(a, 2.0), site), R @ R, rtol=1e-5, atol=1e-5)
+        half = dense(scale(a, 0.5), site)
+        torch.testing.assert_close(half @ half, R, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            dense(scale(a, -1.0), site), dense(invert(a), site), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(
+            dense(scale(a, 0.0), site), torch.eye(R.shape[0], dtype=torch.float64)
+        )
+
+
+@pytest.mark.parametrize("variant", ["road_2", "road_4"])
+def test_scale_of_general_variants_interpolates_parameters(variant):
+    a = make(variant, seed=6, positive=True)
+    s = scale(a, 0.3)
+    theta, alpha = a.params["a.q_proj"]
+    torch.testing.assert_close(s.params["a.q_proj"][0], theta * 0.3)
+    torch.testing.assert_close(s.params["a.q_proj"][1], alpha.pow(0.3))
+    eye = torch.eye(128, dtype=torch.float64)
+    torch.testing.assert_close(dense(scale(a, 0.0), "a.q_proj"), eye)
+    torch.testing.assert_close(dense(scale(a, 1.0), "a.q_proj"), dense(a, "a.q_proj"))
+
+
+def test_fractional_scale_of_negative_magnitude_is_an_error():
+    a = make("road_1", seed=0)
+    assert bool((a.params["a.q_proj"][1] < 0).any())  # N(1, 0.5) draws some
+    with pytest.raises(ValueError, match="only integer scales"):
+        scale(a, 0.5)
+    scale(a, 2.0)  # integer powers are fine
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_params_from_coefficients_round_trip(variant):
+    a = make(variant, group_size=4, seed=7)
+    theta, alpha = a.params["a.q_proj"]
+    c, s = rotation.coefficients(variant, 4, theta.double(), alpha.double())
+    t2, a2 = params_from_coefficients(variant, 4, c, s)
+    c2, s2 = rotation.coefficients(variant, 4, t2, a2)
+    torch.testing.assert_close((c2, s2), (c, s))
+
+
+def test_road1_cannot_represent_a_general_block():
+    c = torch.tensor([1.0, 0.5, 2.0, 0.5])  # plane (0, 1) at group size 2: c_a != c_b
+    s = torch.zeros(4)
+    with pytest.raises(ValueError, match="RoAd1 cannot represent"):
+        params_from_coefficients("road_1", 2, c, s)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overlapping_union_is_reported_never_summed(variant):
+    a = restrict(make(variant, seed=1), Subspace.fraction(SITES, 0.0, 0.75))
+    b = restrict(make(variant, seed=2), Subspace.fraction(SITES, 0.5, 1.0))
+    report = overlap_report({"a": a, "b": b})
+    row = report.set_index("site").loc["a.q_proj"]
+    assert (row["planes_first"], row["planes_second"], row["shared"]) == (48, 32, 16)
+    with pytest.raises(OverlapError, match="more than one adapter") as err:
+        union({"a": a, "b": b})
+    assert int(err.value.report["shared"].sum()) == 16 + 8
+    # explicit product on the shared planes: exactly the dense product R_b R_a everywhere
+    u = union({"a": a, "b": b}, on_overlap="product")
+    for site in SITES:
+        torch.testing.assert_close(
+            dense(u, site), dense(b, site) @ dense(a, site), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_restrict_keeps_planes_and_is_identity_elsewhere():
+    a = make("road_4", group_size=4, seed=3)
+    sub = Subspace.random(a.sites, 0.25, seed=0)
+    r = restrict(a, sub)
+    got = support(r)
+    for site in SITES:
+        assert torch.equal(got.plane_mask(site), sub.plane_mask(site))
+        keep = sub.coordinate_mask(site, 4)
+        R, full = dense(r, site), dense(a, site)
+        torch.testing.assert_close(R[keep][:, keep], full[keep][:, keep])
+        torch.testing.assert_close(
+            R[~keep][:, ~keep], torch.eye(int((~keep).sum()), dtype=torch.float64)
+        )
+
+
+def test_incompatible_adapters_give_clear_errors():
+    a = make("road_1", 4)
+    with pytest.raises(ValueError, match="variant"):
+        union([a, make("road_2", 4)])
+    with pytest.raises(ValueError, match="group_size"):
+        product(a, make("road_1", 2))
+    with pytest.raises(ValueError, match="different base models"):
+        check_composable({"a": a, "b": make(base={**BASE, "model_type": "bert"})})
+    with pytest.raises(ValueError, match="site a.q_proj has size"):
+        union([a, make(sites={"a.q_proj": 64})])
+
+
+def test_cli_compose_union_scale_invert_and_overlap(tmp_path, capsys):
+    a = halves(make("road_1", seed=1, positive=True), 0)
+    b = halves(make("road_1", seed=2, positive=True), 1)
+    write_adapter(a, tmp_path / "A")
+    write_adapter(b, tmp_path / "B")
+    assert (
+        cli_main(["compose", str(tmp_path / "A"), str(tmp_path / "B"), "-o", str(tmp_path / "AB")])
+        == 0
+    )
+    ab = read_adapter(tmp_path / "AB")
+    expected = union([a, b])
+    for site in SITES:
+        assert all(
+            torch.equal(x, y) for x, y in zip(ab.params[site], expected.params[site], strict=True)
+        )
+    # remove B again: product with its inverse on the shared planes
+    code = cli_main(
+        [
+            "compose",
+            str(tmp_path / "AB"),
+            str(tmp_path / "B"),
+            "--invert",
+            "2",
+            "--on-overlap",
+            "product",
+            "-o",
+            str(tmp_path / "A2"),
+        ]
+    )
+    assert code == 0
+    a2 = read_adapter(tmp_path / "A2")
+    for site in SITES:
+        torch.testing.assert_close(dense(a2, site), dense(a, site), rtol=1e-5, atol=1e-5)
+    # scale and restrict options
+    assert (
+        cli_main(
+            [
+                "compose",
+                str(tmp_path / "A"),
+                "--scale",
+                "0.5",
+                "--restrict",
+                "part:0/4",
+                "-o",
+                str(tmp_path / "Aq"),
+            ]
+        )
+        == 0
+    )
+    aq = read_adapter(tmp_path / "Aq")
+    assert int(support(aq).plane_mask("a.q_proj").sum()) == 16
+    # overlapping inputs: exit code 2, report printed, nothing written
+    capsys.readouterr()
+    assert (
+        cli_main(["compose", str(tmp_path / "A"), str(tmp_path / "A"), "-o", str(tmp_path / "X")])
+        == 2
+    )
+    out = capsys.readouterr()
+    assert "shared" in out.out and "more than one adapter" in out.err
+    assert not (tmp_path / "X").exists()
