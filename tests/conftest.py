@@ -26,8 +26,13 @@ hf_logging.set_verbosity_error()
 def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=96, max_position_embeddings=64,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+        max_position_embeddings=64,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -35,8 +40,13 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     cfg = BertConfig(
-        hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=96, max_position_embeddings=64, num_labels=3,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=96,
+        max_position_embeddings=64,
+        num_labels=3,
     )
     return BertForSequenceClassification(cfg).eval()
 

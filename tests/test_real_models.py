@@ -1,0 +1,92 @@
+"""The core on the two embedded real models: identity is bit-identical, merged equals
+unmerged, save -> load gives the same logits, removal restores the base bit-identically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from road_interp import RoadConfig, RoadModel, load_adapter, save_adapter
+
+pytestmark = pytest.mark.real
+TEXTS = [
+    "The staff were friendly and the room was spotless.",
+    "Cold food, rude waiter, never again.",
+]
+
+
+@pytest.fixture(params=["real_minilm", "real_smollm2"])
+def real(request):
+    model, tok = request.getfixturevalue(request.param)
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    return model, batch
+
+
+def run(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_identity_bit_identical_and_removal_restores(real):
+    model, batch = real
+    base = run(model, batch)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    road = RoadModel(model)
+    try:
+        road.add_adapter("identity", RoadConfig(variant="road_4"))
+        assert torch.equal(run(road, batch), base)
+        road.add_adapter("random", RoadConfig(init="random"), seed=0)
+        assert not torch.allclose(run(road, batch), base, atol=1e-3)
+    finally:
+        restored = road.remove()
+    assert restored is model
+    assert torch.equal(run(model, batch), base)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def assert_close_to_scale(actual, expected, rel=1e-4):
+    """Float32 rounding through a deep stack: the error is small relative to the logit scale."""
+    error = (actual - expected).abs().max() / expected.abs().max()
+    assert error < rel, f"max error {error:.2e} of the logit scale"
+
+
+@pytest.mark.parametrize("variant", ["road_1", "road_2"])
+def test_save_load_then_merged_equals_unmerged(real, variant, tmp_path):
+    model, batch = real
+    base = run(model, batch)
+    road = RoadModel(model)
+    try:
+        road.add_adapter("a", RoadConfig(variant=variant, init="random"), seed=1)
+        unmerged = run(road, batch)
+        save_adapter(road, "a", tmp_path / "a")
+        save_adapter(road, "a", tmp_path / "a-peft", peft=True)
+        road.delete_adapter("a")
+        assert torch.equal(run(road, batch), base)
+        load_adapter(road, tmp_path / "a")
+        assert torch.equal(run(road, batch), unmerged)
+        road.delete_adapter("a")
+        load_adapter(road, tmp_path / "a-peft", name="peft")
+        assert torch.equal(run(road, batch), unmerged)
+        road.merge()
+        assert_close_to_scale(run(road, batch), unmerged)
+        road.unmerge()
+        assert_close_to_scale(run(road, batch), unmerged)
+    finally:
+        road.remove()
+    assert_close_to_scale(run(model, batch), base)
+
+
+def test_parameter_efficiency_matches_design(real):
+    """RoAd1 trains one parameter per adapted output coordinate."""
+    model, _ = real
+    road = RoadModel(model)
+    try:
+        road.add_adapter("a", RoadConfig())
+        report = road.trainable_report()
+        total = report.iloc[-1]
+        coords = sum(site.size for site in road.sites.values())
+        assert total["params"] == coords
+        expected_pct = {"BertForSequenceClassification": 0.091, "LlamaForCausalLM": 0.116}
+        assert total["pct_of_base"] == pytest.approx(expected_pct[type(model).__name__], abs=0.001)
+    finally:
+        road.remove()
