@@ -25,6 +25,7 @@ from torch import nn
 from . import injection
 from .config import RoadConfig
 from .layers import RoadLinear, RoadSite
+from .representation import remove_output_sites
 from .rotation import check_pairing
 
 
@@ -161,6 +162,7 @@ class RoadModel(nn.Module):
         """Take every site out and return the wrapped model with its original modules (bit-
         identical to before if nothing is merged; merged sites are unmerged first)."""
         self.unmerge()
+        remove_output_sites(self)  # representation sites: hooks and modules
         for name, site in self.linear_sites().items():
             injection.replace_module(self.model, name, site.base_layer)
         for n, p in self.model.named_parameters():
@@ -171,6 +173,11 @@ class RoadModel(nn.Module):
 
     def merge_and_unload(self) -> nn.Module:
         """Fold the active adapters in and return a plain model (no sites)."""
+        if len(self.sites) != len(self.linear_sites()):
+            raise ValueError(
+                "representation sites (module outputs at token positions) cannot be folded into "
+                "weights; save the adapter and remove() the model instead"
+            )
         self.merge()
         for name, site in self.linear_sites().items():
             site.merged = ()

@@ -1,0 +1,200 @@
+"""Representation sites: RoAd on module outputs at token positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from road_interp import RoadConfig, RoadModel, save_adapter
+from road_interp.io import adapter_from_model
+from road_interp.representation import (
+    SITE_ATTR,
+    Positions,
+    add_output_adapter,
+    load_output_adapter,
+    output_sites,
+)
+from road_interp.subspaces import Subspace, model_sizes, route_subspaces
+from tests.conftest import tiny_bert, tiny_llama
+
+CONFIG = RoadConfig(variant="road_1", group_size=2, targets=("model.layers.1",), init="random")
+
+
+def padded_batch():
+    """Two prompts of lengths 6 and 4, left-padded (as for generation)."""
+    ids = torch.randint(1, 96, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    return ids, mask
+
+
+def test_position_masks_with_left_and_right_padding():
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert Positions("last").mask(left).nonzero().tolist() == [[0, 4], [1, 4]]
+    assert Positions("last").mask(right).nonzero().tolist() == [[0, 2], [1, 4]]
+    assert Positions("first", 2).mask(left).nonzero().tolist() == [[0, 2], [0, 3], [1, 0], [1, 1]]
+    assert Positions("last", 2).mask(right).nonzero().tolist() == [[0, 1], [0, 2], [1, 3], [1, 4]]
+    assert torch.equal(Positions("all").mask(right), right.bool())
+    with pytest.raises(ValueError, match="unknown positions"):
+        Positions("middle")
+    with pytest.raises(ValueError, match="positive int"):
+        Positions("last", 0)
+
+
+def test_all_positions_on_a_linear_output_equals_the_linear_site(input_ids):
+    """The same rotation on q_proj's output: as a representation site and as a RoadLinear."""
+    target = "model.layers.0.self_attn.q_proj"
+    config = RoadConfig(variant="road_2", group_size=8, targets=(target,), init="random")
+    rep = RoadModel(tiny_llama())
+    add_output_adapter(rep, "x", config, Positions("all"), seed=3)
+    lin = RoadModel(tiny_llama())
+    params = adapter_from_model(rep, "x").params[f"{target}.{SITE_ATTR}"]
+    lin.add_adapter("x", config)
+    with torch.no_grad():
+        lin.sites[target].adapter("x").theta.copy_(params[0])
+        lin.sites[target].adapter("x").alpha.copy_(params[1])
+        torch.testing.assert_close(rep(input_ids).logits, lin(input_ids).logits, rtol=0, atol=1e-6)
+        with rep.disabled(), lin.disabled():
+            assert torch.equal(rep(input_ids).logits, lin(input_ids).logits)
+
+
+def test_last_prompt_token_acts_only_there_and_batching_with_padding_is_exact():
+    ids, mask = padded_batch()
+    model = RoadModel(tiny_llama())
+    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).logits
+        with model.disabled():
+            base = model(input_ids=ids, attention_mask=mask).logits
+        # causal model: every position before the last prompt token is untouched
+        assert torch.equal(out[:, :-1], base[:, :-1])
+        assert not torch.allclose(out[:, -1], base[:, -1])
+        # each row on its own, unpadded, gives the same last-token logits
+        for row in range(2):
+            real = mask[row].bool()
+            alone = model(input_ids=ids[row : row + 1, real]).logits
+            torch.testing.assert_close(out[row, -1], alone[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_generate_rotates_the_prompt_only_for_last_and_every_token_for_all():
+    ids, mask = padded_batch()
+    model = RoadModel(tiny_llama())
+    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=1)
+    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    out = model.generate(input_ids=ids, attention_mask=mask, **gen)
+    # reference without a cache: rotate only the prompt's last token, then decode step by step
+    site = output_sites(model)[f"model.layers.1.{SITE_ATTR}"]
+    c, s = site.adapter("x").coefficients()
+    seq, m = ids.clone(), mask.clone()
+    layer = model.model.model.layers[1]
+    from road_interp import rotation
+
+    def rotate_prompt_last(module, args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        h = h.clone()
+        h[:, ids.shape[1] - 1] = rotation.apply(h[:, ids.shape[1] - 1], c, s, 2)
+        return h
+
+    with model.disabled(), torch.no_grad():
+        handle = layer.register_forward_hook(rotate_prompt_last)
+        try:
+            for _ in range(4):
+                logits = model(input_ids=seq, attention_mask=m).logits[:, -1]
+                nxt = logits.argmax(-1, keepdim=True)
+                seq, m = torch.cat([seq, nxt], 1), torch.cat([m, torch.ones_like(nxt)], 1)
+        finally:
+            handle.remove()
+    assert torch.equal(out, seq)
+
+
+def test_representation_adapter_trains_and_only_its_parameters_move(input_ids):
+    model = RoadModel(tiny_llama())
+    config = RoadConfig(
+        variant="road_1", group_size=2, targets=("model.layers.0", "model.layers.1")
+    )
+    paths = add_output_adapter(model, "x", config, Positions("last", 2))
+    assert paths == [f"model.layers.0.{SITE_ATTR}", f"model.layers.1.{SITE_ATTR}"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".adapters.x." in n for n in trainable)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=5e-2, weight_decay=0.0
+    )
+    target = input_ids[:, -1].clone()
+
+    def loss():
+        return torch.nn.functional.cross_entropy(model(input_ids).logits[:, -1], target)
+
+    first = loss().item()
+    for _ in range(10):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert loss().item() < first
+
+
+def test_per_example_routing_through_output_sites(input_ids):
+    model = RoadModel(tiny_llama())
+    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=0)
+    sizes = model_sizes(model, "x")
+    skills = [Subspace.part(sizes, 0, 2), Subspace.part(sizes, 1, 2)]
+    with route_subspaces(model, "x", skills, torch.zeros(3, dtype=torch.long)):
+        model(input_ids).logits[:, -1].sum().backward()
+    theta = model.adapter_parameters("x")[f"model.layers.1.{SITE_ATTR}.theta"]
+    assert torch.all(theta.grad[64:] == 0) and bool((theta.grad[:64] != 0).any())
+
+
+def test_remove_detaches_hooks_and_restores_the_model_bit_identically(input_ids):
+    base = tiny_llama()
+    with torch.no_grad():
+        expected = base(input_ids).logits
+    model = RoadModel(base)
+    add_output_adapter(model, "x", CONFIG, Positions("all"), seed=0)
+    model.add_adapter("lin", RoadConfig(targets=("q_proj",), init="random"), seed=0)
+    layer = base.model.layers[1]
+    assert len(layer._forward_hooks) == 1 and len(base._forward_pre_hooks) == 1
+    restored = model.remove()
+    assert not hasattr(layer, SITE_ATTR)
+    assert not layer._forward_hooks and not restored._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(restored(input_ids).logits, expected)
+
+
+def test_save_load_round_trip(tmp_path):
+    ids, mask = padded_batch()
+    model = RoadModel(tiny_llama())
+    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=5)
+    save_adapter(model, "x", tmp_path / "x")
+    fresh = RoadModel(tiny_llama())
+    load_output_adapter(fresh, tmp_path / "x", Positions("last"))
+    with torch.no_grad():
+        assert torch.equal(
+            model(input_ids=ids, attention_mask=mask).logits,
+            fresh(input_ids=ids, attention_mask=mask).logits,
+        )
+    with pytest.raises(ValueError, match="not module outputs"):
+        lin = RoadModel(tiny_llama())
+        lin.add_adapter("l", RoadConfig(targets=("q_proj",)))
+        save_adapter(lin, "l", tmp_path / "lin")
+        load_output_adapter(fresh, tmp_path / "lin", Positions("all"))
+    with pytest.raises(ValueError, match="cannot be folded"):
+        model.merge_and_unload()
+
+
+def test_bad_targets_sizes_and_positions_give_clear_errors(input_ids):
+    model = RoadModel(tiny_llama())
+    with pytest.raises(ValueError, match="matches no module"):
+        add_output_adapter(model, "x", RoadConfig(targets=("model.layers.9",)), Positions("all"))
+    with pytest.raises(ValueError, match="explicit module patterns"):
+        add_output_adapter(model, "x", RoadConfig(), Positions("all"))
+    add_output_adapter(
+        model, "x", RoadConfig(group_size=2, targets=("mlp.act_fn",)), Positions("all"), size=128
+    )
+    with pytest.raises(ValueError, match="pass size=256"):
+        model(input_ids)
+    bert = RoadModel(tiny_bert())
+    add_output_adapter(
+        bert, "p", RoadConfig(group_size=2, targets=("bert.pooler",)), Positions("last")
+    )
+    with pytest.raises(ValueError, match="Positions\\('all'\\)"):
+        bert(input_ids)
