@@ -88,10 +88,18 @@ def _write_json_atomic(path: Path, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+        _chmod_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _chmod_umask(path: str) -> None:
+    """mkstemp makes private (0600) files; give them the modes a plain ``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _check_task_json(payload: bytes, where: str) -> dict:
@@ -155,6 +163,7 @@ def bigbench_sdist(download: bool = True) -> Path:
                 bar.update(len(block))
         if (got := _sha256(Path(tmp))) != BIGBENCH_SHA256:
             raise DataError(f"downloaded {BIGBENCH_SDIST} has sha256 {got}, not {BIGBENCH_SHA256}")
+        _chmod_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -180,6 +189,22 @@ def extract_bigbench(task_paths: Iterable[str], sdist: Path) -> list[Path]:
     Raises :class:`DataError` if a task is not in the tarball or its file does not verify."""
     wanted = {f"{BIGBENCH_PREFIX}{t}/task.json": t for t in task_paths}
     written: list[Path] = []
+    try:
+        _stream_members(sdist, wanted, written)
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(
+            f"{sdist} is corrupt or truncated ({err}); delete it and {FETCH_HINT}"
+        ) from err
+    if wanted:
+        raise DataError(f"{sdist.name} has no task file for {sorted(wanted.values())}")
+    return written
+
+
+def _stream_members(sdist: Path, wanted: dict[str, str], written: list[Path]) -> None:
+    """One pass over the tarball: verify and write each wanted member, removing it from
+    ``wanted``; stop as soon as all are written."""
     with (
         tarfile.open(sdist, "r|gz") as tar,
         tqdm(total=len(wanted), desc="extract BIG-bench tasks", unit="file") as bar,
@@ -198,9 +223,6 @@ def extract_bigbench(task_paths: Iterable[str], sdist: Path) -> list[Path]:
             bar.update(1)
             if not wanted:
                 break
-    if wanted:
-        raise DataError(f"{sdist.name} has no task file for {sorted(wanted.values())}")
-    return written
 
 
 def fetch_bigbench(task_paths: Iterable[str], force: bool = False) -> list[Path]:
