@@ -24,15 +24,19 @@ corrupt file raises :class:`DataError` telling the user to run ``road-interp fet
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
+import re
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tqdm.auto import tqdm
 
@@ -128,17 +132,38 @@ def _sha256(path: Path) -> str:
 
 
 def _sdist_url() -> str:
-    """The sdist's URL from the index's JSON Simple API (PEP 691), as pip would find it."""
+    """The sdist's URL on the package index (``$PIP_INDEX_URL``, default PyPI), read from its
+    Simple API page as pip reads it: JSON (PEP 691) or HTML links (PEP 503)."""
     index = os.environ.get("PIP_INDEX_URL", SIMPLE_INDEX).rstrip("/")
-    request = urllib.request.Request(
-        f"{index}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
-    for entry in files:
-        if entry["filename"] == BIGBENCH_SDIST:
-            return entry["url"]
-    raise DataError(f"{BIGBENCH_SDIST} is not listed on {index}/bigbench/")
+    page = f"{index}/bigbench/"
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    with urllib.request.urlopen(
+        urllib.request.Request(page, headers={"Accept": accept}), timeout=60
+    ) as response:
+        body = response.read().decode()
+        is_json = "json" in response.headers.get("Content-Type", "")
+    if is_json:
+        urls = [f["url"] for f in json.loads(body)["files"] if f["filename"] == BIGBENCH_SDIST]
+    else:
+        urls = [u for u in re.findall(r'href="([^"]+)"', body) if f"/{BIGBENCH_SDIST}" in u]
+    if not urls:
+        raise DataError(f"{BIGBENCH_SDIST} is not listed on {page}")
+    return urllib.parse.urljoin(page, html.unescape(urls[0]))
+
+
+def _download(url: str, out: BinaryIO) -> None:
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=60) as response,
+            tqdm(total=BIGBENCH_SIZE, unit="B", unit_scale=True, desc=BIGBENCH_SDIST) as bar,
+        ):
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.update(len(block))
+    except OSError as err:  # URLError, timeouts, resets
+        raise DataError(
+            f"could not download {url} ({err}); is the package index reachable?"
+        ) from err
 
 
 def bigbench_sdist(download: bool = True) -> Path:
@@ -153,14 +178,12 @@ def bigbench_sdist(download: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(_sdist_url(), timeout=60) as response,
-            tqdm(total=BIGBENCH_SIZE, unit="B", unit_scale=True, desc=BIGBENCH_SDIST) as bar,
-        ):
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-                bar.update(len(block))
+        with os.fdopen(fd, "wb") as out:
+            try:
+                url = _sdist_url()
+            except (OSError, ValueError, KeyError) as err:
+                raise DataError(f"could not look up {BIGBENCH_SDIST} on the index ({err})") from err
+            _download(url, out)
         if (got := _sha256(Path(tmp))) != BIGBENCH_SHA256:
             raise DataError(f"downloaded {BIGBENCH_SDIST} has sha256 {got}, not {BIGBENCH_SHA256}")
         _chmod_umask(tmp)
@@ -252,7 +275,8 @@ def generate_gym(skill: GymSkill) -> dict:
     except ImportError as err:
         raise DataError(
             "reasoning-gym is not installed; `pip install 'road-interp[data]'` "
-            "(or `pip install reasoning-gym`), then run `road-interp fetch`"
+            "(or `pip install reasoning-gym`) and run `road-interp fetch` again, or skip the "
+            "reasoning-gym tasks with `road-interp fetch --no-gym`"
         ) from err
     dataset = reasoning_gym.create_dataset(
         skill.dataset, seed=skill.seed, size=skill.size, **dict(skill.config)
@@ -263,7 +287,7 @@ def generate_gym(skill: GymSkill) -> dict:
     ]
     return {
         "name": skill.name,
-        "source": f"reasoning-gym {getattr(reasoning_gym, '__version__', '?')}: {skill.dataset}",
+        "source": f"reasoning-gym {version('reasoning-gym')}: {skill.dataset}",
         "config": dict(skill.config, seed=skill.seed, size=skill.size),
         "examples": examples,
     }

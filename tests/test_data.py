@@ -166,3 +166,34 @@ def test_gym_pool_is_generated_deterministically_and_repaired(cache):
     data.fetch_gym([skill])
     assert json.loads(path.read_text())["examples"] == first["examples"]
     shutil.rmtree(path.parent)
+
+
+def test_cli_fetch_data_on_a_full_cache_changes_nothing(capsys):
+    from road_interp.cli import main
+    from road_interp.tasks import data_sources
+
+    with pytest.raises(SystemExit):
+        main(["fetch", "--help"])
+    help_text = capsys.readouterr().out
+    assert "--no-data" in help_text and "--no-gym" in help_text
+    paths, _ = data_sources()
+    files = [data.bigbench_file(p) for p in paths]
+    if not all(f.exists() for f in files):
+        pytest.skip("run `road-interp fetch` first")
+    before = {f: f.stat().st_mtime_ns for f in files}
+    assert main(["fetch", "--models", "--no-gym"]) == 0
+    assert "task files under" in capsys.readouterr().out
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+
+
+def test_cli_reports_missing_reasoning_gym_cleanly(cache, monkeypatch, capsys):
+    """Without reasoning-gym, fetching its pools is a one-line error naming the fix."""
+    from road_interp.cli import main
+
+    monkeypatch.setitem(__import__("sys").modules, "reasoning_gym", None)
+    skill = GymSkill("tiny", "chain_sum", ())
+    with pytest.raises(DataError, match="--no-gym"):
+        data.fetch_gym([skill])
+    assert main(["fetch", "--models", "--no-data"]) == 0
+    assert not (cache / "data").exists()
+    capsys.readouterr()
