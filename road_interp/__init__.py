@@ -7,6 +7,7 @@ the entry point.
 
 from .config import FORMAT_VERSION, RoadConfig
 from .io import AdapterFile, load_adapter, read_adapter, save_adapter, write_adapter, write_peft
+from . import rotation
 from .layers import RoadAdapter, RoadLinear, RoadSite
 from .model import RoadModel
 from .models import fetch_model, load_model, load_tokenizer

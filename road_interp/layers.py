@@ -164,18 +164,17 @@ class RoadLinear(RoadSite):
         super().set_active(names)
 
     def _fold(self, c: Tensor, s: Tensor, group_size: int) -> None:
-        """W <- R W, b <- R b in place, computed in float32, stored in the base dtype."""
-        weight = self.base_layer.weight
-        w = weight.detach().float()
-        if isinstance(self.base_layer, Conv1D):  # weight (in, out): rotate along the last dim
-            new_w = rotation.apply(w, c, s, group_size)
-        else:  # nn.Linear weight (out, in): rotate rows
-            new_w = rotation.merge_rows(w, c, s, group_size)
-        with torch.no_grad():
-            weight.copy_(new_w.to(weight.dtype))
-            bias = self.base_layer.bias
-            if bias is not None:
-                bias.copy_(rotation.apply(bias.float(), c, s, group_size).to(bias.dtype))
+        """W <- R W, b <- R b in place (O(d·k)), computed in float32, stored in the base dtype."""
+        # nn.Linear stores W as (out, in): rotate rows; Conv1D as (in, out): rotate columns
+        dim = -1 if isinstance(self.base_layer, Conv1D) else 0
+        for param, along in ((self.base_layer.weight, dim), (self.base_layer.bias, -1)):
+            if param is None:
+                continue
+            with torch.no_grad():
+                if param.dtype == torch.float32:
+                    rotation.apply_(param.data, c, s, group_size, dim=along)
+                else:
+                    param.copy_(rotation.apply_(param.float(), c, s, group_size, dim=along))
 
     def merge(self) -> None:
         """Fold the active adapters into the base layer."""

@@ -114,9 +114,26 @@ def apply(h: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
 
 def merge_rows(weight: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
     """R @ W for W of shape (d, k), row-wise in O(d·k): row a -> c_a W_a − s_a W_b, etc."""
-    rows = weight.unflatten(0, (-1, 2, group_size // 2))  # (groups, 2, g/2, k)
-    rotated = torch.stack((-rows[:, 1], rows[:, 0]), dim=1).reshape(weight.shape)
-    return weight * c[:, None] + rotated * s[:, None]
+    return apply_(weight.clone(), c, s, group_size, dim=0)
+
+
+def apply_(x: Tensor, c: Tensor, s: Tensor, group_size: int, dim: int = -1) -> Tensor:
+    """In place, x <- R x along ``dim`` (where x has size d); returns x.
+
+    Used to merge into weights: O(d·k) work and one half-size temporary, no d×d matrix.
+    z_a = c_a h_a − s_a h_b and z_b = s_b h_a + c_b h_b, plane by plane.
+    """
+    dim = dim % x.dim()
+    g2 = group_size // 2
+    trailing = (1,) * (x.dim() - dim - 1)
+    planes = x.view(x.shape[:dim] + (-1, 2, g2) + x.shape[dim + 1 :])  # (..., G, 2, g/2, ...)
+    c = c.view((-1, 2, g2) + trailing)
+    s = s.view((-1, 2, g2) + trailing)
+    h_a, h_b = planes.select(dim + 1, 0), planes.select(dim + 1, 1)
+    old_a = h_a.clone()
+    h_a.mul_(c[:, 0]).addcmul_(h_b, s[:, 0], value=-1)
+    h_b.mul_(c[:, 1]).addcmul_(old_a, s[:, 1])
+    return x
 
 
 def invert(c: Tensor, s: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
