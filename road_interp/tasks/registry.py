@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -188,7 +189,7 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, TASKS, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, TASKS, n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         raise KeyError(f"unknown task {name!r}; {hint}known tasks: {', '.join(TASKS)}") from None
 
@@ -228,7 +229,7 @@ def data_sources() -> tuple[list[str], list[GymSkill]]:
     return paths, list(GYM_SKILLS)
 
 
-def fetch_data(force: bool = False, gym: bool = True) -> list:
+def fetch_data(force: bool = False, gym: bool = True) -> list[Path]:
     """Put every file the registry needs into the cache (download, extract, verify, generate);
     files already cached and valid are kept. ``gym=False`` skips reasoning-gym."""
     paths, skills = data_sources()
