@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import pandas as pd
@@ -231,3 +235,25 @@ def test_stratified_order_is_a_permutation():
     assert sorted(order) == list(range(100))
     first10 = Counter(labels[i] for i in order[:10])
     assert first10 == {0: 7, 1: 2, 2: 1}
+
+
+def test_splits_do_not_depend_on_the_process(tmp_path):
+    """Same splits and labels under another PYTHONHASHSEED (no set or hash order leaks in)."""
+    names = ["winogrande", "vitaminc", "mathqa", "gym_chain_sum"]
+    code = (
+        "import hashlib, sys\n"
+        "from road_interp.tasks import get_task\n"
+        "for n in sys.argv[1:]:\n"
+        "    t = get_task(n)\n"
+        "    h = hashlib.sha256(repr([t.examples(s) for s in ('train', 'validation', 'test')])"
+        ".encode())\n"
+        "    print(n, h.hexdigest())\n"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    out = subprocess.run(
+        [sys.executable, "-c", code, *names], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name, digest in zip(out[::2], out[1::2], strict=True):
+        task = get_task(name)
+        mine = repr([task.examples(s) for s in SPLITS]).encode()
+        assert hashlib.sha256(mine).hexdigest() == digest, name

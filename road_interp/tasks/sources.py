@@ -100,7 +100,7 @@ def winogrande(task_path: str) -> Callable[[], list[Item]]:
     Natural Instructions subtask029 ("full object") holds, per context word, twin sentences
     with a blank and both answers, e.g. "... since the _ were crowded" -> holes, "... since the
     _ were roomy" -> spaces; the two answers are the two options, ordered as they first appear
-    in the sentence (so the twins have opposite labels). Twins whose answers coincide or do not
+    in the first sentence (so the twins have opposite labels). Twins whose answers coincide or do not
     both appear (case-sensitively) in both sentences are dropped (~1 %). All twins of one
     context word share a group, so a context word never spans two splits."""
 
@@ -114,10 +114,11 @@ def winogrande(task_path: str) -> Callable[[], list[Item]]:
                     raise DataError(f"{task_path}: unexpected twin format {text[:120]!r}")
                 twins = [(m["s1"], m["a1"]), (m["s2"], m["a2"])]
                 twins = [(s, a.rstrip(".").strip()) for s, a in twins]
-                options = {a for _, a in twins}
-                if len(options) != 2 or not all(o in s for s, _ in twins for o in options):
+                options = [a for _, a in twins]
+                if options[0] == options[1] or not all(o in s for s, _ in twins for o in options):
                     continue
-                choices = tuple(sorted(options, key=twins[0][0].index))
+                first = twins[0][0]  # order: first appearance, then text ("car" < "car seat")
+                choices = tuple(sorted(options, key=lambda o: (first.index(o), o)))
                 for sentence, answer in twins:
                     ex = Example(sentence, choices, choices.index(answer))
                     items.append(Item(ex, word))
