@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 
 $(BIN)/road-interp: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "pip<26"          # pip 26 refuses to download the bigbench sdist
 	$(BIN)/pip install --quiet torch==2.13.0          # the CPU wheel; install it first
 	$(BIN)/pip install --quiet -e ".[dev,data,notebooks]"
 	touch $@
