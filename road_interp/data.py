@@ -288,29 +288,36 @@ def generate_gym(skill: GymSkill) -> dict:
     return {
         "name": skill.name,
         "source": f"reasoning-gym {version('reasoning-gym')}: {skill.dataset}",
-        "config": dict(skill.config, seed=skill.seed, size=skill.size),
+        "dataset": skill.dataset,
+        "config": _gym_config(skill),
         "examples": examples,
     }
 
 
 def fetch_gym(skills: Iterable[GymSkill], force: bool = False) -> list[Path]:
-    """Generate and cache the pools of ``skills`` that are missing or corrupt."""
+    """Generate and cache the pools of ``skills`` that are missing, corrupt or were made with
+    other settings."""
     paths = []
     for skill in skills:
         path = gym_file(skill.name)
-        if force or not _gym_ok(path):
+        if force or not _gym_ok(path, skill):
             payload = json.dumps(generate_gym(skill), ensure_ascii=False).encode()
             _write_json_atomic(path, payload)
         paths.append(path)
     return paths
 
 
-def _gym_ok(path: Path) -> bool:
+def _gym_config(skill: GymSkill) -> dict:
+    return dict(skill.config, seed=skill.seed, size=skill.size)
+
+
+def _gym_ok(path: Path, skill: GymSkill) -> bool:
+    """The cached pool is valid and was generated with the skill's current settings."""
     try:
-        _check_task_json(path.read_bytes(), str(path))
+        pool = _check_task_json(path.read_bytes(), str(path))
     except (OSError, DataError):
         return False
-    return True
+    return pool.get("config") == _gym_config(skill) and pool.get("dataset") == skill.dataset
 
 
 def load_gym(skill: str) -> dict:

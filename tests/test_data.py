@@ -165,6 +165,10 @@ def test_gym_pool_is_generated_deterministically_and_repaired(cache):
         data.load_gym(skill.name)
     data.fetch_gym([skill])
     assert json.loads(path.read_text())["examples"] == first["examples"]
+
+    bigger = GymSkill(skill.name, skill.dataset, skill.config, size=50)  # settings changed
+    data.fetch_gym([bigger])
+    assert len(data.load_gym(skill.name)["examples"]) == 50
     shutil.rmtree(path.parent)
 
 
