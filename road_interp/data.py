@@ -11,10 +11,9 @@ Two sources (DESIGN.md §3, OFFLINE_ASSETS.md §2):
   fixed pool per skill into ``$cache/data/reasoning_gym/<skill>.json``, so loading needs neither
   the package nor any randomness, and a cache stays the same data when the package changes.
 
-Why not ``pip download bigbench``: pip ≥ 26 prepares the sdist's metadata even with
-``--no-deps`` and then rejects it, because bigbench declares a ``file://`` dependency on bleurt.
-So the sdist comes straight from the package index's Simple API (PEP 691), the same place pip
-reads, and its sha256 is pinned here.
+The sdist is downloaded with ``pip download --no-deps`` from the index pip is configured with,
+and its sha256 is pinned here. pip >= 26 refuses it (bigbench declares a ``file://`` dependency
+on bleurt, which pip 26 rejects while preparing metadata), so the set-up pins ``pip<26``.
 
 Every file is verified (valid JSON with a non-empty ``examples`` list) and written under a
 temporary name, then renamed, so an interrupted fetch leaves nothing half-written. A missing or
@@ -24,29 +23,25 @@ corrupt file raises :class:`DataError` telling the user to run ``road-interp fet
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import os
-import re
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from .files import pip_download
 from .models import cache_dir
 
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 BIGBENCH_SIZE = 358_249_635
 BIGBENCH_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-SIMPLE_INDEX = "https://pypi.org/simple"
 
 FETCH_HINT = "run `road-interp fetch` (or road_interp.data.fetch_data()) to (re)build it"
 
@@ -131,41 +126,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sdist_url() -> str:
-    """The sdist's URL on the package index (``$PIP_INDEX_URL``, default PyPI), read from its
-    Simple API page as pip reads it: JSON (PEP 691) or HTML links (PEP 503)."""
-    index = os.environ.get("PIP_INDEX_URL", SIMPLE_INDEX).rstrip("/")
-    page = f"{index}/bigbench/"
-    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
-    with urllib.request.urlopen(
-        urllib.request.Request(page, headers={"Accept": accept}), timeout=60
-    ) as response:
-        body = response.read().decode()
-        is_json = "json" in response.headers.get("Content-Type", "")
-    if is_json:
-        urls = [f["url"] for f in json.loads(body)["files"] if f["filename"] == BIGBENCH_SDIST]
-    else:
-        urls = [u for u in re.findall(r'href="([^"]+)"', body) if f"/{BIGBENCH_SDIST}" in u]
-    if not urls:
-        raise DataError(f"{BIGBENCH_SDIST} is not listed on {page}")
-    return urllib.parse.urljoin(page, html.unescape(urls[0]))
-
-
-def _download(url: str, out: BinaryIO) -> None:
-    try:
-        with (
-            urllib.request.urlopen(url, timeout=60) as response,
-            tqdm(total=BIGBENCH_SIZE, unit="B", unit_scale=True, desc=BIGBENCH_SDIST) as bar,
-        ):
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-                bar.update(len(block))
-    except OSError as err:  # URLError, timeouts, resets
-        raise DataError(
-            f"could not download {url} ({err}); is the package index reachable?"
-        ) from err
-
-
 def bigbench_sdist(download: bool = True) -> Path:
     """The cached ``bigbench-1.0.0.tar.gz``, downloaded (and sha256-checked) if missing.
 
@@ -175,22 +135,14 @@ def bigbench_sdist(download: bool = True) -> Path:
         return path
     if not download:
         raise DataError(f"the BIG-bench sdist is not in the cache ({path}); {FETCH_HINT}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                url = _sdist_url()
-            except (OSError, ValueError, KeyError) as err:
-                raise DataError(f"could not look up {BIGBENCH_SDIST} on the index ({err})") from err
-            _download(url, out)
-        if (got := _sha256(Path(tmp))) != BIGBENCH_SHA256:
-            raise DataError(f"downloaded {BIGBENCH_SDIST} has sha256 {got}, not {BIGBENCH_SHA256}")
-        _chmod_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        downloaded = pip_download("bigbench", "1.0.0", path.parent)
+    except RuntimeError as err:
+        raise DataError(str(err)) from err
+    if (got := _sha256(downloaded)) != BIGBENCH_SHA256:
+        downloaded.unlink()
+        raise DataError(f"downloaded {BIGBENCH_SDIST} has sha256 {got}, not {BIGBENCH_SHA256}")
+    os.replace(downloaded, path)
     return path
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,3 +39,34 @@ def _make_readable(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def pip_download(package: str, version: str, dest: Path) -> Path:
+    """``pip download --no-deps package==version`` into ``dest`` (from the package index pip is
+    configured with; nothing is installed); returns the downloaded file's path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "-d",
+            tmp,
+            f"{package}=={version}",
+        ]
+        result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if result.returncode:
+            hint = ""
+            if "cannot declare direct URL dependencies" in result.stderr:
+                hint = "\npip >= 26 refuses this source distribution; run `pip install 'pip<26'` and retry"
+            raise RuntimeError(
+                f"could not download {package}=={version} with pip:\n{result.stderr[-2000:]}{hint}"
+            )
+        (downloaded,) = Path(tmp).iterdir()
+        final = dest / downloaded.name
+        os.replace(downloaded, final)
+    return final

