@@ -465,3 +465,24 @@ def test_plane_importance_bad_input(random_bert):
     with pytest.raises(RuntimeError, match="unmerge"):
         importance.plane_importance(road, "skill", {"g": {site: [0]}}, metric)
     road.unmerge()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reset_of_a_subspace_equals_compose_restrict_to_the_rest(variant):
+    from road_interp.compose import restrict
+    from road_interp.subspaces import Subspace
+
+    road = RoadModel(tiny_bert())
+    config = RoadConfig(variant=variant, group_size=4, init="random", targets="all-linear")
+    road.add_adapter("skill", config, seed=2)
+    file = adapter_from_model(road, "skill")
+    first_half = Subspace.part(file.sites, 0, 2, "first half")
+    second_half = Subspace.full(file.sites) - first_half
+    add_adapter_file(road, restrict(file, first_half), "restricted", activate=False)
+    ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with importance.planes_reset(road, "skill", second_half):
+            reset = road(input_ids=ids).logits
+        road.set_active("restricted")
+        restricted = road(input_ids=ids).logits
+    torch.testing.assert_close(reset, restricted, rtol=0, atol=0)

@@ -17,7 +17,7 @@ right or left padding alike) or ``"mean"`` (the mean over the kept positions).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 
 import pandas as pd
 import torch
@@ -32,12 +32,12 @@ TOKENS = ("cls", "last", "mean")
 
 def text_batches(
     tokenizer, texts: Sequence[str], *, batch_size: int = 16, max_length: int = 128
-) -> Iterator[dict[str, Tensor]]:
+) -> list[dict[str, Tensor]]:
     """Tokenized batches of ``texts`` (padded, truncated to ``max_length`` tokens)."""
     if not texts:
         raise ValueError("no texts given; drift needs at least one example")
-    for start in range(0, len(texts), batch_size):
-        yield dict(
+    return [
+        dict(
             tokenizer(
                 list(texts[start : start + batch_size]),
                 return_tensors="pt",
@@ -46,6 +46,8 @@ def text_batches(
                 max_length=max_length,
             )
         )
+        for start in range(0, len(texts), batch_size)
+    ]
 
 
 def pick_token(hidden: Tensor, mask: Tensor, token: str) -> Tensor:
@@ -110,7 +112,11 @@ def drift_samples(
         raise ValueError("the model has no active adapter; set_active() the one to measure")
     device = next(model.parameters()).device
     frames, seen = [], 0
-    for batch in tqdm(batches, desc=f"drift ({token} token)", unit="batch", disable=not progress):
+    total = len(batches) if isinstance(batches, Sized) else None
+    bar = tqdm(
+        batches, desc=f"drift ({token} token)", unit="batch", total=total, disable=not progress
+    )
+    for batch in bar:
         batch = {k: v.to(device) for k, v in batch.items()}
         mask = batch.get("attention_mask")
         if mask is None:

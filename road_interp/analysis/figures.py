@@ -15,6 +15,7 @@ shows it when it is the cell's last value).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -246,8 +247,15 @@ def angle_scatter(paired: pd.DataFrame, *, max_points: int = 20_000, seed: int =
 
 
 # -- drift and importance -----------------------------------------------------------------------
-def drift_curves(drift: pd.DataFrame, *, title: str | None = None) -> Figure:
-    """ΔM and cos(x, x0) per layer (mean ± std over the examples), one line per adapter."""
+def drift_curves(
+    drift: pd.DataFrame | Sequence[pd.DataFrame], *, title: str | None = None
+) -> Figure:
+    """ΔM and cos(x, x0) per layer (mean ± std over the examples), one line per ``adapter``
+    value; ``drift`` is one table or several (concatenated here)."""
+    if not isinstance(drift, pd.DataFrame):
+        if not drift:
+            raise ValueError("drift_curves: no drift tables given")
+        drift = pd.concat(list(drift), ignore_index=True)
     check_table(
         drift, ["adapter", "layer", "delta_m_mean", "delta_m_std", "cos_mean", "cos_std"],
         "drift_curves",

@@ -24,15 +24,18 @@ from contextlib import contextmanager
 
 import pandas as pd
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..layers import RoadLinear, RoadSite
 from ..model import RoadModel
+from ..subspaces import Subspace
 from .layout import entry_param_index
 from .stats import check_table
 
-Subspace = Mapping[str, Sequence[int]]
-"""Planes per site: site path -> plane indices (in `rotation.plane_indices` order)."""
+PlaneSet = Subspace | Mapping[str, Sequence[int] | Tensor]
+"""Planes per site: a `road_interp.subspaces.Subspace`, or a mapping site path -> plane
+indices (both in `rotation.plane_indices` order)."""
 
 Metric = Callable[[RoadModel], float]
 
@@ -75,23 +78,31 @@ def _adapter_sites(model: RoadModel, adapter: str) -> dict[str, RoadSite]:
     return sites
 
 
-def _indices(model: RoadModel, adapter: str, subspace: Subspace) -> dict[str, torch.Tensor]:
+def _planes(subspace: PlaneSet) -> dict[str, Tensor]:
+    """site -> distinct plane indices (long)."""
+    planes = subspace.planes if isinstance(subspace, Subspace) else subspace
+    out = {
+        site: torch.as_tensor(p, dtype=torch.long).reshape(-1).unique()
+        for site, p in planes.items()
+    }
+    return {site: p for site, p in out.items() if p.numel()}
+
+
+def _indices(model: RoadModel, adapter: str, subspace: PlaneSet) -> dict[str, Tensor]:
     """Parameter indices per site that the subspace's planes read; validates it first."""
     sites = _adapter_sites(model, adapter)
-    if not subspace:
+    planes = _planes(subspace)
+    if not planes:
         raise ValueError("the subspace is empty; name at least one site and plane")
     config = model.configs[adapter]
     out = {}
-    for site, planes in subspace.items():
+    for site, index in planes.items():
         if site not in sites:
             shown = ", ".join(list(sites)[:4])
             raise ValueError(
                 f"adapter {adapter!r} has no site {site!r}; its sites are like {shown}"
             )
         size = sites[site].size
-        index = torch.as_tensor(list(planes), dtype=torch.long)
-        if index.numel() == 0:
-            raise ValueError(f"site {site!r}: no planes given")
         if index.min() < 0 or index.max() >= size // 2:
             raise ValueError(
                 f"site {site!r} has planes 0..{size // 2 - 1}; asked for plane "
@@ -103,7 +114,7 @@ def _indices(model: RoadModel, adapter: str, subspace: Subspace) -> dict[str, to
 
 
 @contextmanager
-def planes_reset(model: RoadModel, adapter: str, subspace: Subspace) -> Iterator[RoadModel]:
+def planes_reset(model: RoadModel, adapter: str, subspace: PlaneSet) -> Iterator[RoadModel]:
     """Within the block, the subspace's planes of ``adapter`` are the identity; afterwards the
     parameters are exactly what they were (also after an exception)."""
     indices = _indices(model, adapter, subspace)
@@ -133,7 +144,7 @@ def all_planes(model: RoadModel, adapter: str) -> dict[str, list[int]]:
 def plane_importance(
     model: RoadModel,
     adapter: str,
-    groups: Mapping[str, Subspace],
+    groups: Mapping[str, PlaneSet],
     metric: Metric,
     *,
     progress: bool = True,
@@ -143,7 +154,8 @@ def plane_importance(
     Args:
         model: a `RoadModel` holding ``adapter`` (active, not merged).
         adapter: the adapter whose planes are reset.
-        groups: group name -> subspace, e.g. `groups_by` of a plane table.
+        groups: group name -> planes (a `Subspace` or a mapping site -> plane indices), e.g.
+            `groups_by` of a plane table.
         metric: ``metric(model) -> float``, higher is better, deterministic.
 
     Returns a table with columns group, n_sites, n_planes, metric, baseline, none, drop,
@@ -169,7 +181,7 @@ def plane_importance(
             {
                 "group": name,
                 "n_sites": len(checked[name]),
-                "n_planes": sum(len(set(p)) for p in subspace.values()),
+                "n_planes": sum(p.numel() for p in _planes(subspace).values()),
                 "metric": value,
                 "baseline": baseline,
                 "none": none,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from .layout import ENTRIES, entry_param_index
 AdapterLike = AdapterFile | str | os.PathLike
 """An `AdapterFile` in memory, or the path of an adapter folder (ours or PEFT's)."""
 
-DEFAULT_THRESHOLD_DEG = 1.0
+DEFAULT_THRESHOLD_DEG = 5.0
 """|θ| above which a plane counts as rotated in `summarize` (degrees)."""
 
 DEFAULT_TOP_FRACTION = 0.1
@@ -183,6 +183,16 @@ def plane_table(adapter: AdapterLike, name: str | None = None) -> pd.DataFrame:
     table.insert(1, "variant", variant)
     table.insert(2, "group_size", group_size)
     return _sort(table, extra=("site", "plane"))
+
+
+def plane_tables(adapters: Mapping[str, AdapterLike]) -> pd.DataFrame:
+    """The plane tables of several adapters (name -> adapter or folder), concatenated: the
+    input of `summarize`, `similarity` and the figures for comparisons across tasks and
+    variants."""
+    if not adapters:
+        raise ValueError("no adapters given; pass a mapping name -> adapter folder")
+    tables = [plane_table(adapter, name) for name, adapter in adapters.items()]
+    return pd.concat(tables, ignore_index=True)
 
 
 def entry_table(adapter: AdapterLike, name: str | None = None) -> pd.DataFrame:
