@@ -27,6 +27,7 @@ path. Positions are not stored in adapter files: pass them again to `load_output
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -85,7 +86,8 @@ class RoadOutput(RoadSite):
         self._handles: list[RemovableHandle] = []
         self._mask: Tensor | None = None
         self._decoding = False
-        self._parent: nn.Module | None = None
+        # the target module, held weakly: as a registered submodule it would make a cycle
+        self._parent: weakref.ref[nn.Module] | None = None
 
     # -- attaching --------------------------------------------------------------------------
     def attach(self, root: nn.Module, target: nn.Module) -> None:
@@ -95,7 +97,7 @@ class RoadOutput(RoadSite):
         if hasattr(target, SITE_ATTR):
             raise ValueError(f"{self.site_name}: the module already has a representation site")
         target.add_module(SITE_ATTR, self)
-        self._parent = target
+        self._parent = weakref.ref(target)
         self._handles = [
             root.register_forward_pre_hook(self._read_inputs, with_kwargs=True),
             target.register_forward_hook(self._rotate_output),
@@ -106,8 +108,9 @@ class RoadOutput(RoadSite):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self._parent is not None and getattr(self._parent, SITE_ATTR, None) is self:
-            delattr(self._parent, SITE_ATTR)
+        parent = self._parent() if self._parent is not None else None
+        if parent is not None and getattr(parent, SITE_ATTR, None) is self:
+            delattr(parent, SITE_ATTR)
         self._parent = None
         self._mask = None
 

@@ -151,6 +151,8 @@ def test_remove_detaches_hooks_and_restores_the_model_bit_identically(input_ids)
     model = RoadModel(base)
     add_output_adapter(model, "x", CONFIG, Positions("all"), seed=0)
     model.add_adapter("lin", RoadConfig(targets=("q_proj",), init="random"), seed=0)
+    model.to("cpu").float()  # walks every submodule: the site must not hold its parent as one
+    assert len(model.state_dict()) == len(base.state_dict())
     layer = base.model.layers[1]
     assert len(layer._forward_hooks) == 1 and len(base._forward_pre_hooks) == 1
     restored = model.remove()
