@@ -1,0 +1,402 @@
+"""Mixed-adapter serving benchmark: prefill and decode throughput of one batch in which the
+requests use n distinct adapters, for four ways of serving it, measured side by side:
+
+- ``base``: the plain model (no adapters; the ceiling),
+- ``bank``: our `AdapterBank` (one gather per call, one element-wise op per site),
+- ``peft_road``: PEFT's RoAd with ``adapter_names`` (a Python loop over the batch's adapters),
+- ``peft_lora``: PEFT's LoRA r = 8 with ``adapter_names`` (the same loop).
+
+Each method runs the same greedy loop: a prefill of B × P prompt tokens, then S decode steps of
+one token with the KV cache. The batch has B = max(16, n) requests, request i using adapter
+i mod n. Methods and adapter counts are interleaved round by round and the median of the
+rounds is reported, so the ratios compare runs made under the same machine load.
+
+The benchmark also checks that bank and PEFT RoAd give the same logits for the mixed batch
+(the same adapters are loaded into both), and times the routed element-wise op eagerly and
+fused by ``torch.compile`` (the fused path is used only if that pays off; see `fused_op`).
+PEFT is imported only here (a dev/benchmark dependency).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import rotation
+from ..config import RoadConfig
+from ..io import AdapterFile
+from .bank import AdapterBank
+from .synthetic import random_adapter
+
+METHODS = ("base", "bank", "peft_road", "peft_lora")
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to run. ``models``: ``"smollm2"`` (the embedded real model) and/or
+    ``"llama-2048"`` (a random-weight Llama of hidden size 2048 with ``llama_layers`` layers)."""
+
+    models: tuple[str, ...] = ("smollm2", "llama-2048")
+    adapters: tuple[int, ...] = (1, 4, 16, 64)
+    prompt_len: int = 64
+    decode_steps: int = 16
+    rounds: int = 5
+    llama_layers: int = 4
+    group_size: int = 64
+    threads: int | None = None
+    """torch CPU threads (default: torch's own choice)."""
+    device: str = "auto"
+    seed: int = 0
+    fused_check: bool = True
+
+    @classmethod
+    def quick(cls) -> BenchSettings:
+        return cls(prompt_len=16, decode_steps=4, rounds=3, llama_layers=2)
+
+
+@dataclass
+class BenchResult:
+    settings: BenchSettings
+    machine: dict[str, Any]
+    table: pd.DataFrame
+    """One row per (model, method, adapters): median prefill/decode tokens/s and seconds."""
+    checks: dict[str, Any] = field(default_factory=dict)
+    fused_op: pd.DataFrame | None = None
+
+    def summary(self, model: str | None = None) -> dict[str, float]:
+        """Decode and prefill throughput ratios of the bank at 16 adapters (``model``: the
+        first model benchmarked)."""
+        model = model or self.settings.models[0]
+        rows = self.table[(self.table["model"] == model) & (self.table["adapters"] == 16)]
+        tps = rows.set_index("method")
+        out = {}
+        for phase in ("decode", "prefill"):
+            ours = float(tps.loc["bank", f"{phase}_tok_s"])
+            for other in ("peft_lora", "peft_road", "base"):
+                out[f"{phase}_vs_{other}_16"] = ours / float(tps.loc[other, f"{phase}_tok_s"])
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": asdict(self.settings),
+            "machine": self.machine,
+            "summary": self.summary() if 16 in self.settings.adapters else {},
+            "summary_by_model": {
+                m: self.summary(m) for m in self.settings.models if 16 in self.settings.adapters
+            },
+            "targets": TARGETS_GPU if self.machine["device"] == "cuda" else TARGETS_CPU,
+            "checks": self.checks,
+            "results": self.table.to_dict(orient="records"),
+            "fused_op": None if self.fused_op is None else self.fused_op.to_dict("records"),
+        }
+
+
+TARGETS_CPU = {
+    "decode_vs_peft_lora_16": 2.0,
+    "decode_vs_peft_road_16": 1.5,
+    "decode_vs_base_16": 0.85,
+}
+TARGETS_GPU = {**TARGETS_CPU, "decode_vs_base_16": 0.95}
+"""DESIGN.md §5: minimum ratios (bank throughput / other throughput)."""
+
+
+# -- machine and models ---------------------------------------------------------------------
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def load_bench_model(name: str, settings: BenchSettings) -> nn.Module:
+    if name == "smollm2":
+        from ..models import load_model
+
+        return load_model("smollm2", task="causal-lm")
+    if name == "llama-2048":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(settings.seed)
+        config = LlamaConfig(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=settings.llama_layers,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            vocab_size=32000,
+            tie_word_embeddings=True,
+        )
+        return LlamaForCausalLM(config).eval()
+    raise ValueError(f"unknown benchmark model {name!r}; choose smollm2 or llama-2048")
+
+
+# -- the four servers -------------------------------------------------------------------------
+Step = Callable[[Tensor, Any, list[str]], tuple[Tensor, Any]]
+"""(input_ids, cache, routes) -> (last-position logits, cache)."""
+
+
+def _hf_step(model: nn.Module, *, peft: bool = False) -> Step:
+    """One forward with the KV cache; PEFT models get the routes as ``adapter_names``, the
+    others ignore them (the bank routes through its context, base has no adapters)."""
+
+    def step(ids: Tensor, cache: Any, routes: list[str]) -> tuple[Tensor, Any]:
+        if peft:
+            out = model(
+                input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, adapter_names=routes
+            )
+        else:
+            out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.cache
+
+    return step
+
+
+def build_peft(base: nn.Module, adapters: dict[str, AdapterFile], kind: str, settings) -> nn.Module:
+    """A PEFT model (RoAd with our adapters' exact θ, α; or LoRA r=8) with every adapter."""
+    try:
+        import peft
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the serving benchmark compares against PEFT: pip install 'peft>=0.17'"
+        ) from err
+    model = copy.deepcopy(base)
+    peft_model = None
+    for name in adapters:
+        if kind == "road":
+            cfg: Any = peft.RoadConfig(
+                variant="road_1",
+                group_size=settings.group_size,
+                target_modules=list(LLAMA_TARGETS),
+                init_weights=False,
+            )
+        else:
+            cfg = peft.LoraConfig(
+                r=8, lora_alpha=16, target_modules=list(LLAMA_TARGETS), init_lora_weights=False
+            )
+        if peft_model is None:
+            peft_model = peft.get_peft_model(model, cfg, adapter_name=name)
+        else:
+            peft_model.add_adapter(name, cfg)
+    assert peft_model is not None
+    if kind == "road":
+        modules = dict(peft_model.base_model.model.named_modules())
+        with torch.no_grad():
+            for name, f in adapters.items():
+                for site, (theta, alpha) in f.params.items():
+                    modules[site].road_theta[name].copy_(theta)
+                    modules[site].road_alpha[name].copy_(alpha)
+    return peft_model.eval()
+
+
+# -- measuring --------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_generation(
+    step: Step, prompt: Tensor, routes: list[str], steps: int, device: torch.device
+) -> tuple[float, float, Tensor]:
+    """Seconds for the prefill and for ``steps`` greedy decode steps; the prefill logits."""
+    with torch.inference_mode():
+        _sync(device)
+        t0 = time.perf_counter()
+        logits, cache = step(prompt, None, routes)
+        _sync(device)
+        t1 = time.perf_counter()
+        first = logits
+        for _ in range(steps):
+            logits, cache = step(logits.argmax(-1, keepdim=True), cache, routes)
+        _sync(device)
+        t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, first
+
+
+def run_benchmark(settings: BenchSettings) -> BenchResult:
+    """Run every (model, adapters, method) for ``settings.rounds`` interleaved rounds."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu")
+        if settings.device == "auto"
+        else settings.device
+    )
+    machine = describe_machine(device)
+    records, checks = [], {}
+    for model_name in settings.models:
+        recs, check = _bench_model(model_name, settings, device)
+        records.extend(recs)
+        checks[model_name] = check
+    table = pd.DataFrame(records)
+    fused = fused_op_table(device) if settings.fused_check else None
+    return BenchResult(settings, machine, table, checks, fused)
+
+
+def _bench_model(name: str, settings: BenchSettings, device: torch.device):
+    base = load_bench_model(name, settings).to(device)
+    k_max = max(settings.adapters)
+    cfg = RoadConfig("road_1", settings.group_size, targets=LLAMA_TARGETS)
+    adapters = {
+        f"adapter{i}": random_adapter(base, cfg, seed=settings.seed + i) for i in range(k_max)
+    }
+    bank = AdapterBank(copy.deepcopy(base))
+    for adapter_name, f in adapters.items():
+        bank.add(adapter_name, f)
+    servers: dict[str, nn.Module] = {
+        "base": base,
+        "bank": bank.model,
+        "peft_road": build_peft(base, adapters, "road", settings).to(device),
+        "peft_lora": build_peft(base, adapters, "lora", settings).to(device),
+    }
+    steps = {
+        "base": _hf_step(base),
+        "bank": _hf_step(bank.model),
+        "peft_road": _hf_step(servers["peft_road"], peft=True),
+        "peft_lora": _hf_step(servers["peft_lora"], peft=True),
+    }
+    vocab: int = base.config.vocab_size  # type: ignore[union-attr,assignment]
+    gen = torch.Generator().manual_seed(settings.seed)
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    check: dict[str, float] = {}
+    total = settings.rounds * len(settings.adapters) * len(METHODS)
+    bar = tqdm(total=total, desc=f"serve-bench {name}", unit="run")
+    for r in range(settings.rounds):
+        for n in settings.adapters:
+            batch = max(16, n)
+            routes = [f"adapter{i % n}" for i in range(batch)]
+            prompt = torch.randint(0, vocab, (batch, settings.prompt_len), generator=gen)
+            prompt = prompt.to(device)
+            order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
+            firsts = {}
+            for method in order:
+                if method == "bank":
+                    with bank.route(routes):
+                        pre, dec, first = time_generation(
+                            steps[method], prompt, routes, settings.decode_steps, device
+                        )
+                else:
+                    pre, dec, first = time_generation(
+                        steps[method], prompt, routes, settings.decode_steps, device
+                    )
+                firsts[method] = first
+                times.setdefault((method, n), []).append((pre, dec))
+                bar.update()
+            if r == 0:
+                scale = firsts["peft_road"].abs().max()
+                err = (firsts["bank"] - firsts["peft_road"]).abs().max() / scale
+                check[f"bank_vs_peft_road_logit_rel_error_{n}"] = float(err)
+    bar.close()
+    records = []
+    for (method, n), runs in times.items():
+        batch = max(16, n)
+        pre = statistics.median(t for t, _ in runs)
+        dec = statistics.median(t for _, t in runs)
+        records.append(
+            {
+                "model": name,
+                "method": method,
+                "adapters": n,
+                "batch": batch,
+                "prefill_s": pre,
+                "decode_s": dec,
+                "prefill_tok_s": batch * settings.prompt_len / pre,
+                "decode_tok_s": batch * settings.decode_steps / dec,
+                "rounds": len(runs),
+            }
+        )
+    return records, check
+
+
+# -- the fused element-wise op --------------------------------------------------------------
+def fused_op_table(device: torch.device, group_size: int = 64) -> pd.DataFrame:
+    """Microseconds per call of the routed op z = c ⊙ h + s ⊙ rot(h) with rows (B, 1, d):
+    eager (`rotation.apply`, what sites run) and fused into one kernel by ``torch.compile``,
+    at decode (T = 1) and prefill (T = 64) shapes. ``torch.compile`` unavailable (no C++
+    compiler, ...) is reported as NaN."""
+    shapes = [(16, 1, 576), (16, 1, 1536), (16, 1, 2048), (16, 64, 576), (16, 64, 2048)]
+
+    def eager(h: Tensor, c: Tensor, s: Tensor) -> Tensor:
+        return rotation.apply(h, c, s, group_size)
+
+    try:
+        fused: Callable | None = torch.compile(eager, dynamic=False)
+    except Exception:  # pragma: no cover - depends on the toolchain
+        fused = None
+    rows = []
+    for b, t, d in shapes:
+        h = torch.randn(b, t, d, device=device)
+        c, s = torch.randn(b, 1, d, device=device), torch.randn(b, 1, d, device=device)
+        row = {"batch": b, "tokens": t, "d": d, "eager_us": _us_per_call(eager, h, c, s, device)}
+        try:
+            row["fused_us"] = _us_per_call(fused, h, c, s, device) if fused else float("nan")
+        except Exception:  # pragma: no cover - compile failures surface at the first call
+            row["fused_us"] = float("nan")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["speedup"] = table["eager_us"] / table["fused_us"]
+    return table
+
+
+def _us_per_call(fn: Callable, h: Tensor, c: Tensor, s: Tensor, device: torch.device) -> float:
+    with torch.inference_mode():
+        for _ in range(20):
+            fn(h, c, s)
+        _sync(device)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(100):
+                fn(h, c, s)
+            _sync(device)
+            best = min(best, (time.perf_counter() - t0) / 100 * 1e6)
+    return best
+
+
+# -- the figure -------------------------------------------------------------------------------
+def plot_throughput(table: pd.DataFrame):
+    """Tokens/s against the number of distinct adapters in the batch, one panel per (phase,
+    model), one line per method. Returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7), squeeze=False)
+    for col, model in enumerate(models):
+        sub = table[table["model"] == model]
+        for row, phase in enumerate(("decode", "prefill")):
+            ax = axes[row][col]
+            for method in METHODS:
+                m = sub[sub["method"] == method].sort_values("adapters")
+                ax.plot(m["adapters"], m[f"{phase}_tok_s"], marker="o", label=method)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("distinct adapters in the batch (batch = max(16, n))")
+            ax.set_ylabel(f"{phase} tokens/s")
+            ax.set_title(f"{model}: {phase}")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    return fig
