@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("fetch", "demo", "export", "compose", "analyze", "serve-bench")
+COMMANDS = ("fetch", "train", "evaluate", "demo", "export", "compose", "analyze", "serve-bench")
 """Modules of `road_interp.cli`, one per command, in --help order."""
 
 

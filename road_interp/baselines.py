@@ -1,0 +1,229 @@
+"""Methods to compare, all trained by the same loop (`road_interp.training.train`).
+
+| method        | what trains                                                        | default lr |
+| ------------- | ------------------------------------------------------------------ | ---------- |
+| road_1/2/4    | a RoAd adapter of that variant on the default targets              | 3e-3       |
+| lora          | PEFT LoRA, rank ``lora_r`` (8), alpha 2r, on the same modules       | 3e-4       |
+| lora_matched  | PEFT LoRA with the rank whose parameter count is closest to RoAd1's | 3e-4       |
+| full          | every weight of the model                                          | 5e-5       |
+| zero_shot     | nothing: the base model is evaluated as it is                       | –          |
+
+An encoder also trains its (fresh) classification head with every method; its parameters are
+reported apart from the method's. A LoRA of rank r on a Linear (k -> d) has r (k + d)
+parameters, RoAd1 d / 2 + d / 2 = d, so no LoRA is as small as RoAd1: on MiniLM the smallest
+(r = 1) has twice RoAd1's parameters (exactly RoAd2's).
+
+`RunSpec` names the model, task and method; with a `TrainConfig` it is a whole run, and
+`run` trains, evaluates and returns one results row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import RoadConfig
+from .encoding import model_kind, unwrap
+from .evaluation import evaluate
+from .injection import resolve_targets
+from .model import RoadModel
+from .models import EMBEDDED, load_model, load_tokenizer
+from .training import TrainConfig, _coerce, check_keys, head_parameters, train
+
+ROAD_METHODS = ("road_1", "road_2", "road_4")
+METHODS = (*ROAD_METHODS, "lora", "lora_matched", "full", "zero_shot")
+DEFAULT_LR = {"road_1": 3e-3, "road_2": 3e-3, "road_4": 3e-3, "lora": 3e-4, "lora_matched": 3e-4}
+DEFAULT_LR.update({"full": 5e-5, "zero_shot": 3e-3})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Which model learns which task with which method."""
+
+    model: str = field(
+        default="minilm",
+        metadata={"help": "embedded model (minilm, smollm2), Hugging Face id or local folder"},
+    )
+    task: str = field(default="multiemo_en", metadata={"help": "registered task name"})
+    method: str = field(default="road_1", metadata={"help": f"one of {', '.join(METHODS)}"})
+    group_size: int = field(
+        default=64, metadata={"help": "RoAd pairing group size (64: PEFT's and vLLM's layout)"}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank of method 'lora'"})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(self, f.name, getattr(self, f.name)))
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        RoadConfig(group_size=self.group_size)  # validates the group size
+
+
+def split_settings(data: dict[str, Any]) -> tuple[RunSpec, TrainConfig]:
+    """A flat mapping of settings (a config file, merged with flags) -> the two configs.
+
+    Unknown keys are errors; without ``lr`` the method's default learning rate applies."""
+    check_keys(data, RunSpec, TrainConfig)
+    spec_keys = {f.name for f in fields(RunSpec)}
+    spec = RunSpec(**{k: v for k, v in data.items() if k in spec_keys})
+    train_settings = {k: v for k, v in data.items() if k not in spec_keys}
+    train_settings.setdefault("lr", DEFAULT_LR[spec.method])
+    return spec, TrainConfig.from_dict(train_settings)
+
+
+def non_default_settings(spec: RunSpec, config: TrainConfig) -> dict[str, Any]:
+    """What a config file for this run needs to hold."""
+    out = {k: v for k, v in asdict(spec).items() if getattr(RunSpec(), k) != v}
+    out.update(config.non_defaults())
+    if config.lr == DEFAULT_LR[spec.method]:
+        out.pop("lr", None)
+    return out
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def load_for_task(spec: RunSpec, num_labels: int, seed: int = 0) -> tuple[nn.Module, Any]:
+    """The base model for a task (encoders get a head with ``num_labels``) and its tokenizer."""
+    encoder = _is_encoder(spec.model)
+    task = "classification" if encoder else "causal-lm"
+    model = load_model(spec.model, task=task, num_labels=num_labels, seed=seed)
+    return model, load_tokenizer(spec.model)
+
+
+def apply_method(model: nn.Module, spec: RunSpec, seed: int = 0) -> nn.Module:
+    """Make the parameters of ``spec.method`` trainable (and only those, besides a head)."""
+    method = spec.method
+    if method in ROAD_METHODS:
+        road = RoadModel(model)
+        road.add_adapter(
+            spec.task.replace(".", "_"),
+            RoadConfig(variant=method, group_size=spec.group_size),
+            seed=seed,
+        )
+        return road
+    if method in ("lora", "lora_matched"):
+        from peft import LoraConfig, get_peft_model
+
+        rank = spec.lora_r if method == "lora" else matched_lora_rank(model, "road_1")
+        targets = resolve_targets(model, RoadConfig())
+        lora = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets)
+        return get_peft_model(model, lora)
+    for p in model.parameters():
+        p.requires_grad_(method == "full")
+    return model
+
+
+def matched_lora_rank(model: nn.Module, variant: str = "road_1") -> int:
+    """The LoRA rank (>= 1) whose parameter count on RoAd's default targets is closest to
+    a RoAd adapter of ``variant``: round(Σ_sites n_θα / Σ_sites (k + d))."""
+    modules = dict(model.named_modules())
+    per_rank = road = 0
+    factor = {"road_1": 1, "road_2": 2, "road_4": 4}[variant]
+    for name in resolve_targets(model, RoadConfig()):
+        layer = modules[name]
+        d, k = layer.weight.shape  # type: ignore[union-attr]
+        per_rank += d + k
+        road += factor * d
+    return max(1, round(road / per_rank))
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """``trainable`` (the method's parameters, head excluded), ``head``, and ``base`` (the
+    model's own parameters; for RoAd and LoRA without the adapter's)."""
+    head = {id(p) for p in head_parameters(model).values()}
+    inner = unwrap(model)
+    base_names = {n for n, _ in inner.named_parameters()}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head)
+    adapter_marks = (".adapters.", "lora_")
+    base = sum(
+        p.numel()
+        for n, p in inner.named_parameters()
+        if n in base_names and not any(m in n for m in adapter_marks)
+    )
+    return {
+        "trainable": trainable,
+        "head": sum(p.numel() for p in head_parameters(model).values()),
+        "base": base,
+    }
+
+
+def _is_encoder(name: str) -> bool:
+    if name in EMBEDDED:
+        return EMBEDDED[name].kind == "encoder"
+    from transformers import AutoConfig
+
+    from .models import resolve
+
+    archs = AutoConfig.from_pretrained(resolve(name)).architectures or []
+    return not any(a.endswith("ForCausalLM") for a in archs)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def run(
+    spec: RunSpec,
+    config: TrainConfig,
+    output_dir: str | Path,
+    *,
+    test_limit: int | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Build the model, train it (unless zero-shot), evaluate the final model on the test
+    split, and return one results row."""
+    from .tasks import get_task
+
+    task = get_task(spec.task)
+    num_labels = max(2, len(task.labels))
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_for_task(spec, num_labels, seed=config.seed)
+    if _is_encoder(spec.model) and spec.method == "zero_shot":
+        raise ValueError(
+            "an encoder has no zero-shot answer (its classification head is untrained); compare "
+            "against the majority baseline that every evaluation reports"
+        )
+    model = apply_method(model, spec, seed=config.seed)
+    if config.train_head and model_kind(model) == "encoder":
+        for p in head_parameters(model).values():
+            p.requires_grad_(True)
+    counts = parameter_counts(model)
+    started = time.perf_counter()
+    steps = 0
+    if spec.method != "zero_shot":
+        result = train(model, tokenizer, task, config, output_dir, resume=resume)
+        steps = result.steps
+    seconds = time.perf_counter() - started
+    test = evaluate(
+        model,
+        tokenizer,
+        task,
+        "test",
+        test_limit,
+        batch_size=config.eval_batch_size,
+        max_length=config.max_length,
+        progress=config.progress,
+    )
+    return {
+        "model": spec.model,
+        "task": spec.task,
+        "method": spec.method,
+        "seed": config.seed,
+        "trainable_params": counts["trainable"],
+        "trainable_pct": 100.0 * counts["trainable"] / counts["base"],
+        "head_params": counts["head"],
+        "steps": steps,
+        "lr": config.lr if spec.method != "zero_shot" else None,
+        "metric": test["metric"],
+        "test": test["value"],
+        "majority": test.get("majority"),
+        "n_test": test["n"],
+        "train_seconds": round(seconds, 1),
+    }

@@ -1,0 +1,788 @@
+"""One readable training loop on Hugging Face Accelerate, for RoAd and its baselines.
+
+    result = train(road_model, tokenizer, get_task("multiemo_en"), TrainConfig(), "runs/emo")
+
+It trains whatever parameters require grad (a RoAd adapter, a LoRA, a whole model; plus the
+classification head of an encoder when ``train_head``), so baselines run through the same code.
+
+**Loss.** Encoders: cross-entropy of the head's logits against the label. Causal LMs: the
+answer tokens' negative log-likelihood (prompt tokens masked), averaged over each example's
+answer tokens, then over examples. Both are means over *examples*, so a step's gradient is
+the same however the batch is split over processes and accumulation steps.
+
+**Batches.** ``batch_size`` is the number of examples per optimizer step in total. Each step
+takes the next ``batch_size`` indices of the epoch's permutation (``torch.randperm`` seeded
+by ``(seed, epoch)``; an incomplete last batch is dropped), cuts them into
+``grad_accum_steps`` micro-batches, and gives each process an equal slice of each. The order
+is a function of the step number alone, which is what makes resuming exact.
+
+**Schedule.** AdamW (weight decay 0 by default), learning rate rising linearly from 0 over the
+first ``warmup_ratio`` of the steps, then falling linearly to 0; gradients clipped to
+``max_grad_norm``.
+
+**Files** in ``output_dir``::
+
+    train_config.json   the settings of the run
+    metrics.jsonl       one JSON object per logged step and per evaluation
+    checkpoint/         the last resumable state (written atomically): trainable.safetensors,
+                        optimizer.safetensors, state.json (step, scheduler, RNG, best so far)
+    best/  final/       the trained parameters at the best evaluation and at the end: a RoAd
+                        adapter folder (`road_interp.io.save_adapter`) plus head.safetensors
+                        for an encoder's head, or trainable.safetensors for other models
+
+A run started again with the same ``output_dir`` resumes from ``checkpoint/`` and ends where
+an uninterrupted run would. A NaN or inf loss (or gradient) stops the run with
+`TrainingDiverged`, leaving the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import tempfile
+import time
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .encoding import (
+    ExampleSet,
+    answer_of,
+    check_compatible,
+    encode_classification,
+    encode_lm,
+    example_set,
+    pad,
+    unwrap,
+)
+from .evaluation import answer_logprobs, classifier_logits, evaluate, pad_left
+from .files import atomic_folder
+
+if TYPE_CHECKING:
+    from .tasks import Example, Task
+
+PRECISIONS = ("fp32", "bf16")
+HEAD_MODULES = ("classifier", "score")
+"""Names of sequence-classification heads (BERT/RoBERTa ``classifier``, Llama/GPT-2 ``score``)."""
+
+
+def _opt(help_text: str) -> Any:
+    return field(default=None, metadata={"help": help_text})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the training loop; validated on construction (see each field's help)."""
+
+    lr: float = field(
+        default=3e-3,
+        metadata={"help": "peak learning rate (RoAd: ~3e-3, about 10x LoRA's; full FT ~5e-5)"},
+    )
+    head_lr: float | None = _opt(
+        "learning rate of an encoder's classification head (None: lr); a fresh head on frozen "
+        "features learns faster with ~1e-2"
+    )
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "examples per optimizer step, over all processes and accumulation"},
+    )
+    grad_accum_steps: int = field(
+        default=1, metadata={"help": "micro-batches per optimizer step (saves memory)"}
+    )
+    epochs: int = field(default=1, metadata={"help": "passes over the training examples"})
+    max_steps: int | None = _opt("stop after this many optimizer steps (overrides epochs)")
+    warmup_ratio: float = field(
+        default=0.1, metadata={"help": "share of the steps with a linearly rising learning rate"}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "clip the gradient norm to this (0: no clipping)"}
+    )
+    max_length: int = field(default=128, metadata={"help": "tokens per example at most"})
+    precision: str = field(
+        default="fp32", metadata={"help": f"compute precision, one of {PRECISIONS}"}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward (less memory)"}
+    )
+    train_head: bool = field(
+        default=True,
+        metadata={"help": "also train an encoder's classification head (it starts random)"},
+    )
+    dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "keep the model's dropout active while training (off: deterministic "
+            "across process counts)"
+        },
+    )
+    train_limit: int | None = _opt("use at most this many training examples")
+    eval_limit: int | None = field(
+        default=500, metadata={"help": "evaluate on at most this many validation examples"}
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "evaluate every N optimizer steps (0: only at the end)"}
+    )
+    save_every: int = field(
+        default=0,
+        metadata={"help": "write the resumable checkpoint every N steps (0: at each evaluation)"},
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "batch size of evaluation"})
+    log_every: int = field(default=10, metadata={"help": "log the loss every N steps"})
+    seed: int = field(default=0, metadata={"help": "seed of data order, dropout and init"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(self, f.name, getattr(self, f.name)))
+        if not 0 < self.lr <= 1:
+            raise ValueError(
+                f"lr must be in (0, 1], got {self.lr}; RoAd trains well at ~3e-3, LoRA at ~3e-4"
+            )
+        if self.head_lr is not None and not 0 < self.head_lr <= 1:
+            raise ValueError(f"head_lr must be in (0, 1] or None, got {self.head_lr}")
+        for name in ("batch_size", "grad_accum_steps", "epochs", "eval_batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("max_steps", "train_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {value}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum_steps "
+                f"{self.grad_accum_steps}; each micro-batch must hold the same number of examples"
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.eval_every < 0 or self.save_every < 0:
+            raise ValueError("eval_every and save_every must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def non_defaults(self) -> dict[str, Any]:
+        """Only the settings that differ from the defaults (what a config file holds)."""
+        default = TrainConfig()
+        return {k: v for k, v in asdict(self).items() if getattr(default, k) != v}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        check_keys(data, cls)
+        return cls(**data)
+
+
+def check_keys(data: dict[str, Any], *classes: type) -> None:
+    """Raise ValueError naming unknown keys (with a "did you mean") of a config mapping."""
+    known = sorted({f.name for c in classes for f in fields(c)})
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown setting {key!r}{hint} Known settings: {', '.join(known)}")
+
+
+def _coerce(config: Any, name: str, value: Any) -> Any:
+    """Check ``value`` against the field's annotation; ints are accepted for floats."""
+    hint = typing.get_type_hints(type(config))[name]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    for kind in allowed:
+        if kind is not type(None) and type(value) is kind:
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise TypeError(f"setting {name!r} must be {names}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or gradient became NaN or inf; the message names the step and the checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced: final and best evaluation, and where the files are."""
+
+    output_dir: Path
+    steps: int
+    final_eval: dict[str, Any] | None
+    best_eval: dict[str, Any] | None
+    best_step: int | None
+    trainable_params: int
+    history: pd.DataFrame
+    """One row per logged step (step, epoch, loss, lr, grad_norm, seconds)."""
+
+    @property
+    def best_dir(self) -> Path:
+        return self.output_dir / "best"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.output_dir / "final"
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+ForwardContext = Callable[[Sequence["Example"]], AbstractContextManager[Any]]
+"""Called with a micro-batch's examples; the forward pass runs inside the returned context
+(e.g. per-example subspace routing)."""
+StepCallback = Callable[[int, dict[str, Any]], None]
+"""Called after each optimizer step with the step number (1-based) and its log record."""
+
+
+def train(
+    model: nn.Module,
+    tokenizer: Any,
+    data: Task | Sequence[Example],
+    config: TrainConfig,
+    output_dir: str | Path,
+    *,
+    eval_data: Task | Sequence[Example] | None = None,
+    forward_context: ForwardContext | None = None,
+    on_step_end: StepCallback | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train the parameters of ``model`` that require grad on ``data``.
+
+    Args:
+        model: a `RoadModel`, a PEFT model or any Hugging Face sequence classifier or causal LM.
+        data: a `Task` (its ``train`` split; ``validation`` is evaluated) or a list of
+            `Example` (then evaluation uses ``eval_data``, if given).
+        eval_data: what to evaluate on instead of the task's validation split.
+        forward_context: wraps each micro-batch's forward pass (see `ForwardContext`).
+        on_step_end: called after every optimizer step (see `StepCallback`).
+        resume: continue from ``output_dir/checkpoint`` if it exists (settings must match);
+            with False, an existing checkpoint is an error.
+    """
+    from accelerate import Accelerator
+
+    out = Path(output_dir)
+    train_set = example_set(data, "train", config.train_limit, config.seed)
+    eval_source = eval_data if eval_data is not None else (None if _is_list(data) else data)
+    eval_set = (
+        example_set(eval_source, "validation", config.eval_limit, config.seed)
+        if eval_source is not None
+        else None
+    )
+    kind = check_compatible(train_set, model)
+    if eval_set is not None:
+        check_compatible(eval_set, model)
+
+    accelerator = Accelerator(
+        mixed_precision="bf16" if config.precision == "bf16" else "no",
+        cpu=not torch.cuda.is_available(),  # several CPU processes: DDP over gloo
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro = config.batch_size // config.grad_accum_steps
+    if micro % world:
+        raise ValueError(
+            f"batch_size {config.batch_size} / grad_accum_steps {config.grad_accum_steps} = "
+            f"{micro} examples per micro-batch cannot be split evenly over {world} processes"
+        )
+    steps_per_epoch = len(train_set) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_set)} training examples are fewer than one batch of {config.batch_size}"
+        )
+    total = config.max_steps or steps_per_epoch * config.epochs
+    checkpoint = out / "checkpoint"
+    if checkpoint.exists() and not resume:
+        raise ValueError(f"{out} already holds a run; resume it or choose another output_dir")
+
+    was_training = model.training
+    torch.manual_seed(config.seed)
+    if config.train_head and kind == "encoder":
+        for p in head_parameters(model).values():
+            p.requires_grad_(True)
+    if config.gradient_checkpointing:
+        unwrap(model).gradient_checkpointing_enable(  # type: ignore[operator]
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    named = trainable_parameters(model)
+    if not named:
+        raise ValueError("the model has no parameter that requires grad; nothing to train")
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, named, config), lr=config.lr, weight_decay=config.weight_decay
+    )
+    warmup = math.ceil(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
+    encoded = _encode(tokenizer, train_set, kind, config.max_length)
+
+    start, best = 0, None
+    if checkpoint.exists():
+        start, best = _load_checkpoint(checkpoint, config, named, optimizer, scheduler, rank, world)
+        if accelerator.is_main_process:
+            _truncate_metrics(out / "metrics.jsonl", start)
+    elif accelerator.is_main_process:
+        _write_json(out / "train_config.json", config.to_dict())
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.wait_for_everyone()
+
+    history: list[dict[str, Any]] = []
+    last_eval = None
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=f"train {train_set.name}",
+        disable=not (config.progress and accelerator.is_main_process),
+    )
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        ddp_model.train(config.dropout)
+        indices = _step_indices(step, len(train_set), steps_per_epoch, config)
+        losses = []
+        for m, chunk in enumerate(_micro_batches(indices, config.grad_accum_steps, world, rank)):
+            examples = [train_set.examples[i] for i in chunk]
+            batch = _collate([encoded[i] for i in chunk], tokenizer, kind, accelerator.device)
+            last = m == config.grad_accum_steps - 1
+            sync = nullcontext() if last else accelerator.no_sync(ddp_model)
+            context = forward_context(examples) if forward_context else nullcontext()
+            with sync:
+                with context, accelerator.autocast():
+                    loss = _loss(ddp_model, batch, kind) / config.grad_accum_steps
+                accelerator.backward(loss)
+            losses.append(loss.detach())
+        step_loss = accelerator.reduce(torch.stack(losses).sum(), reduction="mean")
+        grad_norm = _clip(accelerator, list(named.values()), config.max_grad_norm)
+        if not (torch.isfinite(step_loss) and math.isfinite(grad_norm)):
+            raise TrainingDiverged(
+                _diverged_message(step + 1, float(step_loss), grad_norm, config, out)
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        record = {
+            "step": done,
+            "epoch": round(done / steps_per_epoch, 4),
+            "loss": float(step_loss),
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if done % config.log_every == 0 or done == total:
+            history.append(record)
+            if accelerator.is_main_process:
+                _append_jsonl(out / "metrics.jsonl", record)
+        evaluate_now = done == total or (config.eval_every and done % config.eval_every == 0)
+        if evaluate_now:
+            last_eval, best = _evaluate_and_keep(
+                model, tokenizer, eval_set, config, accelerator, out, done, best
+            )
+        save_now = (
+            done == total
+            or (config.save_every and done % config.save_every == 0)
+            or (evaluate_now and not config.save_every)
+        )
+        if save_now:
+            _save_checkpoint(
+                checkpoint, config, named, optimizer, scheduler, done, best, accelerator
+            )
+        if on_step_end is not None:
+            on_step_end(done, record)
+    bar.close()
+    model.train(was_training)
+    if accelerator.is_main_process and start < total:
+        save_trained(model, out / "final")
+        if best is None:  # no evaluation data: the final parameters are the best we know
+            save_trained(model, out / "best")
+    accelerator.wait_for_everyone()
+    return TrainResult(
+        output_dir=out,
+        steps=total,
+        final_eval=last_eval,
+        best_eval=best["eval"] if best else None,
+        best_step=best["step"] if best else None,
+        trainable_params=sum(p.numel() for p in named.values()),
+        history=pd.DataFrame(history),
+    )
+
+
+def _param_groups(
+    model: nn.Module, named: dict[str, nn.Parameter], config: TrainConfig
+) -> list[dict[str, Any]]:
+    """One AdamW group, or two when the head has its own learning rate."""
+    if config.head_lr is None:
+        return [{"params": list(named.values())}]
+    head = {id(p) for p in head_parameters(model).values()}
+    rest = [p for p in named.values() if id(p) not in head]
+    groups = [{"params": rest}] if rest else []
+    heads = [p for p in named.values() if id(p) in head]
+    return groups + ([{"params": heads, "lr": config.head_lr}] if heads else [])
+
+
+def _is_list(data: Any) -> bool:
+    return not (hasattr(data, "examples") and hasattr(data, "prompt"))
+
+
+def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate after ``step`` scheduler steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _step_indices(step: int, n: int, steps_per_epoch: int, config: TrainConfig) -> list[int]:
+    """The example indices of optimizer step ``step`` (0-based): a slice of the epoch's
+    permutation, seeded by (seed, epoch)."""
+    epoch, position = divmod(step, steps_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    return order[position * config.batch_size : (position + 1) * config.batch_size].tolist()
+
+
+def _micro_batches(indices: list[int], accum: int, world: int, rank: int) -> Iterator[list[int]]:
+    """This process's share of each of the ``accum`` micro-batches of a step."""
+    size = len(indices) // accum
+    share = size // world
+    for m in range(accum):
+        chunk = indices[m * size : (m + 1) * size]
+        yield chunk[rank * share : (rank + 1) * share]
+
+
+def _encode(tokenizer: Any, es: ExampleSet, kind: str, max_length: int) -> list[dict]:
+    if kind == "encoder":
+        return encode_classification(tokenizer, es.examples, max_length)
+    return [
+        encode_lm(tokenizer, es.prompt(e), answer_of(e), max_length, add_eos=True)
+        for e in tqdm(es.examples, desc="tokenize", leave=False, disable=len(es) < 2000)
+    ]
+
+
+def _collate(items: list[dict], tokenizer: Any, kind: str, device: torch.device) -> dict:
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    batch = pad(items, pad_id, True) if kind == "encoder" else pad_left(items, pad_id)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _loss(model: nn.Module, batch: dict[str, Tensor], kind: str) -> Tensor:
+    """Mean over examples: cross-entropy (encoders) or per-example mean answer NLL (LMs)."""
+    if kind == "encoder":
+        return F.cross_entropy(classifier_logits(model, batch).float(), batch["labels"])
+    logp, mask = answer_logprobs(model, batch)
+    return -(logp.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+def _clip(accelerator: Any, params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip (when ``max_norm`` > 0) and return the total gradient norm before clipping."""
+    if max_norm > 0:
+        return float(accelerator.clip_grad_norm_(params, max_norm))
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _diverged_message(
+    step: int, loss: float, grad_norm: float, config: TrainConfig, out: Path
+) -> str:
+    state = out / "checkpoint" / "state.json"
+    kept = (
+        f"the last good checkpoint (step {json.loads(state.read_text())['step']}) is kept in "
+        f"{state.parent}"
+        if state.exists()
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}. Stopped; "
+        f"{kept}. Try a lower learning rate (now {config.lr}), a longer warm-up, or fp32."
+    )
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters of a sequence classifier's head (``classifier`` / ``score``), by name in the
+    Hugging Face model."""
+    inner = unwrap(model)
+    if not type(inner).__name__.endswith("ForSequenceClassification"):
+        return {}
+    out: dict[str, nn.Parameter] = {}
+    for name, module in inner.named_children():
+        if name in HEAD_MODULES:
+            out.update({f"{name}.{n}": p for n, p in module.named_parameters()})
+    return out
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter that requires grad, by its name in ``model``."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trained(model: nn.Module, folder: Path) -> Path:
+    """Write what was trained, atomically: a `RoadModel`'s trainable adapters (one adapter:
+    the folder is that adapter; several: a subfolder each) plus ``head.safetensors``; for any
+    other model, ``trainable.safetensors`` with every parameter that requires grad."""
+    from .io import save_adapter
+
+    with atomic_folder(folder) as tmp:
+        adapters = _trainable_adapters(model)
+        if adapters:
+            for name in adapters:
+                save_adapter(model, name, tmp if len(adapters) == 1 else tmp / name)
+            head = head_parameters(model)
+            if head:
+                save_file(_cpu(head), str(tmp / "head.safetensors"))
+        else:
+            save_file(_cpu(trainable_parameters(model)), str(tmp / "trainable.safetensors"))
+    return folder
+
+
+def load_head(model: nn.Module, path: str | Path) -> None:
+    """Copy ``head.safetensors`` (written by `save_trained`) into a sequence classifier."""
+    file = Path(path)
+    file = file / "head.safetensors" if file.is_dir() else file
+    tensors = load_file(str(file))
+    head = head_parameters(model)
+    if set(tensors) != set(head):
+        raise ValueError(
+            f"{file} holds {sorted(tensors)}, but this model's head has {sorted(head)}"
+        )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if value.shape != head[name].shape:
+                raise ValueError(
+                    f"{file}: {name} has shape {tuple(value.shape)}, the model's "
+                    f"{tuple(head[name].shape)}; was it trained with another number of labels?"
+                )
+            head[name].copy_(value)
+
+
+def load_trainable(model: nn.Module, path: str | Path) -> None:
+    """Copy ``trainable.safetensors`` (written by `save_trained` for a model that is not a
+    `RoadModel`, e.g. full finetuning) into a model built the same way."""
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = sorted(set(tensors) - set(params))
+    if missing:
+        raise ValueError(
+            f"{path} holds parameters this model lacks ({missing[:3]}...); build the model the "
+            "way it was trained (a LoRA run needs the same PEFT wrapping)"
+        )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if value.shape != params[name].shape:
+                raise ValueError(
+                    f"{path}: {name} has shape {tuple(value.shape)}, the model's "
+                    f"{tuple(params[name].shape)}"
+                )
+            params[name].copy_(value)
+
+
+def _trainable_adapters(model: nn.Module) -> list[str]:
+    configs = getattr(model, "configs", None)
+    if type(model).__name__ != "RoadModel" or not configs:
+        return []
+    return [
+        name
+        for name in configs
+        if any(p.requires_grad for p in model.adapter_parameters(name).values())  # type: ignore[operator]
+    ]
+
+
+def _cpu(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
+    return {n: p.detach().float().contiguous().cpu() for n, p in params.items()}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _evaluate_and_keep(
+    model: nn.Module,
+    tokenizer: Any,
+    eval_set: ExampleSet | None,
+    config: TrainConfig,
+    accelerator: Any,
+    out: Path,
+    step: int,
+    best: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Evaluate on the main process; keep ``best/`` when the metric improves."""
+    result = None
+    if eval_set is not None and accelerator.is_main_process:
+        with accelerator.autocast():
+            result = evaluate(
+                model,
+                tokenizer,
+                eval_set,
+                batch_size=config.eval_batch_size,
+                max_length=config.max_length,
+                progress=config.progress,
+            )
+        _append_jsonl(out / "metrics.jsonl", {"step": step, "eval": result})
+        if best is None or result["value"] > best["eval"]["value"]:
+            best = {"step": step, "eval": result}
+            save_trained(model, out / "best")
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        shared = [result, best]
+        broadcast_object_list(shared, from_process=0)
+        result, best = shared
+    return result, best
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(
+    folder: Path,
+    config: TrainConfig,
+    named: dict[str, nn.Parameter],
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    best: dict[str, Any] | None,
+    accelerator: Any,
+) -> None:
+    """Write everything a resumed run needs, atomically: parameters, AdamW moments, scheduler,
+    every process's RNG state and the best evaluation so far."""
+    from accelerate.utils import gather_object
+
+    rng_states = gather_object([torch.get_rng_state()])
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
+        return
+    state = optimizer.state_dict()
+    moments: dict[str, Tensor] = {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            moments[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    rng = {f"rng.{r}": s for r, s in enumerate(rng_states)}
+    meta = {
+        "step": step,
+        "world_size": accelerator.num_processes,
+        "config": config.to_dict(),
+        "parameters": list(named),
+        "param_groups": state["param_groups"],
+        "scheduler": scheduler.state_dict(),
+        "best": best,
+    }
+    with atomic_folder(folder) as tmp:
+        save_file(_cpu(named), str(tmp / "trainable.safetensors"))
+        save_file(moments, str(tmp / "optimizer.safetensors"))
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+
+RESUME_NEUTRAL = ("progress", "eval_batch_size", "log_every", "save_every")
+"""Settings that may change between an interrupted run and its resumption."""
+
+
+def _load_checkpoint(
+    folder: Path,
+    config: TrainConfig,
+    named: dict[str, nn.Parameter],
+    optimizer: Any,
+    scheduler: Any,
+    rank: int,
+    world: int,
+) -> tuple[int, dict[str, Any] | None]:
+    state_file = folder / "state.json"
+    if not state_file.exists():
+        raise ValueError(f"{folder} is not a complete checkpoint (no state.json); delete it")
+    meta = json.loads(state_file.read_text())
+    saved = meta["config"]
+    diffs = {
+        k: (saved.get(k), v)
+        for k, v in config.to_dict().items()
+        if k not in RESUME_NEUTRAL and saved.get(k) != v
+    }
+    if diffs:
+        raise ValueError(
+            f"{folder} belongs to a run with other settings {diffs} (saved, now); resume with "
+            "the same settings or choose another output_dir"
+        )
+    if meta["parameters"] != list(named):
+        raise ValueError(
+            f"{folder} holds parameters {meta['parameters'][:3]}... but the model trains "
+            f"{list(named)[:3]}...; build the model the same way as the interrupted run"
+        )
+    params = load_file(str(folder / "trainable.safetensors"))
+    moments = load_file(str(folder / "optimizer.safetensors"))
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(params[name].to(p.dtype))
+    optimizer_state: dict[int, dict[str, Tensor]] = {}
+    for key, value in moments.items():
+        index, name = key.split(".", 1)
+        optimizer_state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    rng = load_file(str(folder / "rng.safetensors"))
+    if meta["world_size"] == world:
+        torch.set_rng_state(rng[f"rng.{rank}"])
+    else:
+        torch.manual_seed(config.seed + meta["step"] + rank)
+    return int(meta["step"]), meta["best"]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after ``step`` (the interrupted run went past its checkpoint)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def read_metrics(output_dir: str | Path) -> pd.DataFrame:
+    """``metrics.jsonl`` of a run as a table (evaluation records flattened to ``eval_*``)."""
+    rows = []
+    for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        evaluation = record.pop("eval", None)
+        if evaluation:
+            record.update({f"eval_{k}": v for k, v in evaluation.items()})
+        rows.append(record)
+    return pd.DataFrame(rows)
