@@ -5,6 +5,7 @@ shows it when it is the cell's last value).
 | function | table it takes |
 | --- | --- |
 | `layer_module_heatmap` | `stats.summarize` (by layer, module_type) or `stats.compare` |
+| `layer_profile` | `stats.summarize` (by layer; or by layer, module_type for one adapter) |
 | `angle_histogram`, `polar_view` | `stats.plane_table` (one or several adapters) |
 | `angle_scatter` | `stats.paired_planes` |
 | `similarity_heatmap` | `stats.similarity` |
@@ -93,8 +94,13 @@ def layer_module_heatmap(
         cmap = cmap or ("magma" if "alpha" in value else "viridis")
     width = min(6.0, 0.9 * len(modules) + 1.6)
     height = min(11.0, max(3.2, 0.32 * len(rows) + 2.2))
-    fig = Figure(figsize=(width * len(panels) + 1.2, height), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(width * ncols + 1.2, height * nrows), layout="constrained")
+    grid_axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
+    for spare in grid_axes[len(panels) :]:
+        spare.remove()
+    axes = grid_axes[: len(panels)]
     annotate = len(rows) * len(modules) <= 80
     for ax, name, grid in zip(axes, panels, grids, strict=True):
         image = ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
@@ -112,6 +118,39 @@ def layer_module_heatmap(
                             color="black" if light else "white")  # fmt: skip
     fig.colorbar(image, ax=list(axes), label=_label(value), shrink=0.9)
     fig.suptitle(title or f"{_label(value)} per layer and module type")
+    return fig
+
+
+def layer_profile(
+    summary: pd.DataFrame,
+    value: str = "mean_abs_theta_deg",
+    *,
+    hue: str = "adapter",
+    title: str | None = None,
+) -> Figure:
+    """``value`` against the layer, one line per ``hue`` value (``stats.summarize`` with
+    by=("layer",) for one line per adapter, or by=("layer", "module_type") with
+    hue="module_type" for one adapter's modules). Sites without a layer index are left out."""
+    check_table(summary, ["layer", hue, value], "layer_profile")
+    if summary.duplicated(["layer", hue]).any():
+        raise ValueError(
+            f"layer_profile needs one row per layer and {hue}; summarize by ('layer',) for "
+            "hue='adapter', or pass one adapter's table for hue='module_type'"
+        )
+    rows = summary.dropna(subset=["layer"])
+    keys = module_order(rows[hue]) if hue == "module_type" else list(pd.unique(rows[hue]))
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, key in enumerate(keys):
+        part = rows[rows[hue] == key].sort_values("layer")
+        ax.plot(part["layer"].astype(int), part[value], marker="o", markersize=4,
+                color=f"C{i % 10}", label=str(key))  # fmt: skip
+    ax.set_xlabel("layer")
+    ax.set_ylabel(_label(value))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(title=hue.replace("_", " "), fontsize=8, title_fontsize=8, frameon=False)
+    ax.set_title(title or f"{_label(value)} per layer")
     return fig
 
 
@@ -242,7 +281,8 @@ def angle_scatter(paired: pd.DataFrame, *, max_points: int = 20_000, seed: int =
     ax.set_ylabel(f"θ in {name_b} (degrees)")
     r = paired["theta_deg_a"].corr(paired["theta_deg_b"])
     ax.set_title(f"Angles per shared plane (Pearson r = {r:.2f}, n = {len(paired)})")
-    ax.legend(fontsize=8, markerscale=3, frameon=False)
+    ax.legend(fontsize=8, markerscale=3, frameon=False, loc="upper center",
+              bbox_to_anchor=(0.5, -0.1), ncol=2)  # fmt: skip
     return fig
 
 
@@ -275,7 +315,7 @@ def drift_curves(
     for ax in (ax_m, ax_c):
         ax.set_xlabel("layer (0 = embeddings)")
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_m.legend(fontsize=8, frameon=False)
     n = int(drift["n"].iloc[0]) if "n" in drift else None
     fig.suptitle(title or "Representation drift per layer" + (f" ({n} examples)" if n else ""))
