@@ -137,6 +137,9 @@ class LoreftIntervention(
         partitions: optional split of the r rows into skills, e.g. ((0, 4), (4, 8)); with it,
             pyvene's ``subspaces`` argument (one partition index per example) selects which
             rows each example edits along. Without ``subspaces`` all rows act.
+        seed: seed of the initial R and W.
+        identity_init: start with W = R and b = 0, so the intervention starts as the identity
+            (pyreft starts W at random; with short training runs that is a large random edit).
         pyvene_metadata: pyvene's keyword arguments, passed to its base class.
     """
 
@@ -146,6 +149,7 @@ class LoreftIntervention(
         low_rank_dimension: int | None = None,
         partitions: Sequence[tuple[int, int]] = (),
         seed: int = 0,
+        identity_init: bool = True,
         **pyvene_metadata: Any,
     ):
         super().__init__(embed_dim=embed_dim, **pyvene_metadata)
@@ -156,6 +160,10 @@ class LoreftIntervention(
         torch.manual_seed(seed)
         self.rotate = nn.utils.parametrizations.orthogonal(nn.Linear(d, r, bias=False))
         self.learned = nn.Linear(d, r)
+        if identity_init:  # W = R, b = 0: the edit starts at zero, like a RoAd identity
+            with torch.no_grad():
+                self.learned.weight.copy_(self.rotate.weight)
+                self.learned.bias.zero_()
         self.partitions = [tuple(p) for p in partitions]
         for lo, hi in self.partitions:
             if not 0 <= lo < hi <= r:

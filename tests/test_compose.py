@@ -297,3 +297,45 @@ def test_cli_compose_union_scale_invert_and_overlap(tmp_path, capsys):
     out = capsys.readouterr()
     assert "shared" in out.out and "more than one adapter" in out.err
     assert not (tmp_path / "X").exists()
+
+
+# -- the composition experiments' plumbing --------------------------------------------------
+def test_multihead_cross_entropy_equals_each_rows_own_head():
+    from experiments.composition.heads import MultiHead, rows_set
+
+    torch.manual_seed(0)
+    heads = [torch.nn.Linear(8, 2), torch.nn.Linear(8, 3)]
+    multi = MultiHead(heads)
+    x = torch.randn(4, 8)
+    rows = torch.tensor([0, 1, 1, 0])
+    labels = torch.tensor([1, 2 + 0, 2 + 2, 0])  # task B's labels are offset by 2
+    with rows_set(rows, multi):
+        loss = torch.nn.functional.cross_entropy(multi(x), labels, reduction="none")
+    assert multi.rows is None
+    for r in range(4):
+        own = heads[int(rows[r])](x[r : r + 1])
+        target = labels[r : r + 1] - (2 if rows[r] else 0)
+        torch.testing.assert_close(
+            loss[r : r + 1], torch.nn.functional.cross_entropy(own, target, reduction="none")
+        )
+    with pytest.raises(RuntimeError, match="each row's task"):
+        multi(x)
+
+
+def test_e1_answer_parsing():
+    from experiments.composition.e1 import is_french, score_answers, sentiment_of
+
+    assert sentiment_of("The sentiment is positive.") == "positive"
+    assert sentiment_of("Négatif, pas positif") == "negative"
+    assert sentiment_of("I cannot tell") is None
+    assert is_french("négatif") and is_french("La phrase est très positive")
+    assert not is_french("positive") and not is_french("The sentence is negative")
+    scores = score_answers(
+        ["positif", "negative", "positive", "hmm"], ["positive", "negative", "negative", "positive"]
+    )
+    assert scores == {
+        "sentiment_accuracy": 0.5,
+        "french_share": 0.25,
+        "joint_success": 0.25,
+        "n": 4,
+    }

@@ -1,0 +1,103 @@
+"""Settings of the composition experiments: one dataclass per experiment, named presets.
+
+A preset holds only what differs from the defaults (the defaults are the full runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class E2Config:
+    """E2: MiniLM, sentiment (MultiEmo-en) vs fact verification (VitaminC)."""
+
+    train_examples: int = 4000
+    """training examples per task (the train split's label-stratified prefix)"""
+    eval_examples: int = 600
+    """test examples per task"""
+    steps: int = 300
+    """optimizer steps per training run (joint runs get twice as many: two tasks)"""
+    batch_size: int = 16
+    max_length: int = 96
+    lr: float = 3e-3
+    variant: str = "road_1"
+    group_size: int = 64
+    overlaps: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    """shared share of the two plane sets: 0 = disjoint halves, 1 = the same half"""
+    joint_overlaps: tuple[float, ...] = (0.0, 1.0)
+    """overlaps at which the joint (per-example routed) adapter is trained too"""
+    loreft_rank: int = 4
+    """LoReFT rows per skill (two partitions, at every block output, every token)"""
+    loreft_lr: float = 3e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class E1Config:
+    """E1: SmolLM2, answering in French x sentiment instruction."""
+
+    train_examples: int = 1000
+    """training examples per skill"""
+    eval_examples: int = 200
+    """held-out (test split) sentences"""
+    steps: int = 120
+    batch_size: int = 8
+    max_length: int = 128
+    lr: float = 3e-3
+    layers: tuple[int, ...] = (15,)
+    """blocks whose output (residual stream) is adapted; the paper used one middle block"""
+    positions: str = "all"
+    """token positions of the representation site: all, or last (the last prompt token)"""
+    loreft_rank: int = 4
+    loreft_lr: float = 3e-3
+    max_new_tokens: int = 12
+    seed: int = 0
+
+
+PRESETS: dict[str, dict[str, dict[str, object]]] = {
+    "e2": {
+        "quick": dict(
+            train_examples=960,
+            eval_examples=300,
+            steps=60,
+            max_length=48,
+            lr=1e-2,
+            loreft_lr=1e-2,
+            overlaps=(0.0, 1.0),
+            joint_overlaps=(0.0,),
+        ),
+        "default": dict(overlaps=(0.0, 0.5, 1.0)),
+        "full": {},
+    },
+    "e1": {
+        "quick": dict(
+            train_examples=192,
+            eval_examples=60,
+            steps=24,
+            max_length=80,
+            layers=(9, 12, 15, 18, 21),
+            lr=2e-2,
+            loreft_lr=2e-2,
+        ),
+        "default": {},
+    },
+}
+
+CONFIGS = {"e1": E1Config, "e2": E2Config}
+
+
+def make_config(experiment: str, preset: str) -> E1Config | E2Config:
+    """The config of ``experiment`` under ``preset`` (clear errors for unknown names)."""
+    if experiment not in CONFIGS:
+        raise ValueError(f"unknown experiment {experiment!r}; choose one of {sorted(CONFIGS)}")
+    presets = PRESETS[experiment]
+    if preset not in presets:
+        raise ValueError(
+            f"unknown preset {preset!r} for {experiment}; choose one of {sorted(presets)}"
+        )
+    base = CONFIGS[experiment]()
+    known = {f.name for f in fields(base)}
+    unknown = set(presets[preset]) - known
+    if unknown:
+        raise ValueError(f"preset {preset!r} sets unknown fields {sorted(unknown)}")
+    return replace(base, **presets[preset])  # type: ignore[arg-type]
