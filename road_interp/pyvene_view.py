@@ -162,7 +162,7 @@ class LoreftIntervention(
         self.learned = nn.Linear(d, r)
         if identity_init:  # W = R, b = 0: the edit starts at zero, like a RoAd identity
             with torch.no_grad():
-                self.learned.weight.copy_(self.rotate.weight)
+                self.learned.weight.copy_(cast(Tensor, self.rotate.weight))
                 self.learned.bias.zero_()
         self.partitions = [tuple(p) for p in partitions]
         for lo, hi in self.partitions:
