@@ -486,3 +486,15 @@ def test_reset_of_a_subspace_equals_compose_restrict_to_the_rest(variant):
         road.set_active("restricted")
         restricted = road(input_ids=ids).logits
     torch.testing.assert_close(reset, restricted, rtol=0, atol=0)
+
+
+def test_plane_tables_concatenate_and_name_run_folders(tmp_path):
+    from road_interp.io import write_adapter
+
+    a = synthetic("road_1", 4, {"m.layers.0.q_proj": (np.zeros(4), np.ones(4))})
+    folder = write_adapter(a, tmp_path / "run7" / "final")
+    both = stats.plane_tables({"in memory": a, "on disk": folder})
+    assert both["adapter"].tolist() == ["in memory"] * 4 + ["on disk"] * 4  # 4 planes each
+    assert stats.plane_table(folder)["adapter"].iloc[0] == "run7/final"
+    with pytest.raises(ValueError, match="no adapters given"):
+        stats.plane_tables({})

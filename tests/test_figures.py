@@ -153,3 +153,25 @@ def test_figures_refuse_empty_or_wrong_tables(tables):
         figures.drift_curves(tables["planes"])
     with pytest.raises(ValueError, match="at most 12"):
         figures.angle_histogram(tables["planes"], hue="site")
+
+
+def test_layer_profile_lines_per_adapter_and_per_module(tables):
+    per_layer = stats.summarize(tables["both"], ("layer",))
+    fig = figures.layer_profile(per_layer)
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "layer" and ax.get_ylabel() == "mean |θ| (degrees)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sentiment", "facts"]
+    assert all(len(line.get_xdata()) == 6 for line in ax.get_lines())  # the pooler has no layer
+    one = tables["summary"][tables["summary"]["adapter"] == "sentiment"]
+    by_module = figures.layer_profile(one, "share_rotated", hue="module_type")
+    assert len(by_module.axes[0].get_lines()) == 6
+    with pytest.raises(ValueError, match="one row per layer"):
+        figures.layer_profile(tables["summary"])  # two adapters, six modules per layer
+
+
+def test_drift_curves_take_several_tables(tables):
+    parts = [part for _, part in tables["drift"].groupby("adapter", sort=False)]
+    fig = figures.drift_curves(parts)
+    assert len(fig.axes[0].get_lines()) == 2
+    with pytest.raises(ValueError, match="no drift tables"):
+        figures.drift_curves([])

@@ -91,12 +91,19 @@ PLANE_COLUMNS = (
 
 
 # -- reading ------------------------------------------------------------------------------------
+RUN_FOLDERS = ("final", "best")
+"""Folder names the training loop gives adapters inside a run folder; such an adapter is
+named "<run>/<folder>" by default."""
+
+
 def load(adapter: AdapterLike, name: str | None = None) -> tuple[AdapterFile, str]:
-    """The `AdapterFile` and its display name (default: the folder's name, or "adapter")."""
+    """The `AdapterFile` and its display name (default: the folder's name, "<run>/final" for
+    a training run's final adapter, or "adapter" for one in memory)."""
     if isinstance(adapter, AdapterFile):
         return adapter, name or "adapter"
-    path = Path(adapter)
-    return read_adapter(path), name or path.resolve().name
+    path = Path(adapter).resolve()
+    default = f"{path.parent.name}/{path.name}" if path.name in RUN_FOLDERS else path.name
+    return read_adapter(path), name or default
 
 
 def parse_site(path: str) -> tuple[int | None, str]:
