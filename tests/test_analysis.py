@@ -498,3 +498,25 @@ def test_plane_tables_concatenate_and_name_run_folders(tmp_path):
     assert stats.plane_table(folder)["adapter"].iloc[0] == "run7/final"
     with pytest.raises(ValueError, match="no adapters given"):
         stats.plane_tables({})
+
+
+@pytest.mark.real
+def test_plane_importance_with_a_task_metric_on_real_data():
+    from road_interp import load_model, load_tokenizer
+    from road_interp.evaluation import evaluate
+    from road_interp.tasks import get_task
+
+    task = get_task("multiemo_en")
+    examples = task.examples("validation", limit=24)
+    tok = load_tokenizer("minilm")
+    road = RoadModel(load_model("minilm", task="classification", num_labels=2))
+    road.add_adapter("s", RoadConfig(targets="all-linear", init="random"), seed=0)
+    metric = importance.task_metric(tok, examples)
+    planes = stats.plane_table(adapter_from_model(road, "s"))
+    groups = importance.groups_by(stats.select(planes, layers=[0, 5]), "layer")
+    table = importance.plane_importance(road, "s", groups, metric, progress=False)
+    with torch.no_grad(), road.disabled():
+        base = evaluate(road, tok, examples, progress=False)["accuracy"]
+    assert set(table["group"]) == {"layer 0", "layer 5"}
+    assert table["none"].iloc[0] == base  # every plane reset = the base model
+    assert table["baseline"].iloc[0] == evaluate(road, tok, examples, progress=False)["accuracy"]

@@ -3,7 +3,7 @@ alone), representation drift (`drift`) and plane importance (`importance`) on a 
 figures drawn from those tables (`figures`)."""
 
 from .drift import drift_samples, representation_drift, summarize_drift, text_batches
-from .importance import groups_by, plane_importance, planes_reset
+from .importance import groups_by, plane_importance, planes_reset, task_metric
 from .stats import (
     compare,
     entry_table,
@@ -34,5 +34,6 @@ __all__ = [
     "strong_planes",
     "summarize",
     "summarize_drift",
+    "task_metric",
     "text_batches",
 ]

@@ -10,10 +10,8 @@ measured, and the parameters are restored exactly, also when the metric raises. 
 each group gets ``drop = baseline − metric`` and ``share_of_gain = drop / (baseline − none)``,
 the share of the adapter's gain over the base model that the group carries.
 
-The metric is any callable ``metric(model) -> float`` (higher is better), so this module does
-not depend on how a task is evaluated. With the training helper's evaluation::
-
-    metric = lambda m: evaluate(m, task, split="validation")["accuracy"]
+The metric is any callable ``metric(model) -> float`` (higher is better); `task_metric` makes
+one from a registered task and `road_interp.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -21,12 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..evaluation import evaluate
 from ..layers import RoadLinear, RoadSite
 from ..model import RoadModel
 from ..subspaces import Subspace
@@ -40,6 +40,29 @@ indices (both in `rotation.plane_indices` order)."""
 Metric = Callable[[RoadModel], float]
 
 BY = ("layer", "module_type", "site")
+
+if TYPE_CHECKING:
+    from ..tasks import Example, Task
+
+
+def task_metric(
+    tokenizer: Any,
+    task: Task | Sequence[Example],
+    split: str = "validation",
+    limit: int | None = None,
+    *,
+    batch_size: int = 32,
+) -> Metric:
+    """``metric(model)``: the task's own metric (accuracy, exact match) on ``split``, at most
+    ``limit`` examples, via `road_interp.evaluation.evaluate`."""
+
+    def metric(model: RoadModel) -> float:
+        result = evaluate(
+            model, tokenizer, task, split, limit, batch_size=batch_size, progress=False
+        )
+        return float(result["value"])
+
+    return metric
 
 
 def groups_by(planes: pd.DataFrame, by: str = "layer") -> dict[str, dict[str, list[int]]]:
