@@ -244,7 +244,7 @@ def test_plane_table_of_a_peft_folder_reads_peft_parameters(peft_folder):
             continue
         site = name.removeprefix("base_model.model.").removesuffix(".road_theta.default")
         got = entries[entries["site"] == site].drop_duplicates("param_index")
-        stored = value[torch.as_tensor(got["param_index"].to_numpy())].double().numpy()
+        stored = value[torch.tensor(got["param_index"].to_numpy())].double().numpy()
         np.testing.assert_allclose(got["theta"], stored, rtol=0, atol=0)
 
 
