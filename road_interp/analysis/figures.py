@@ -1,6 +1,7 @@
 """Figures drawn from the analysis tables: each function takes a table and returns a
-`matplotlib.figure.Figure` (no pyplot state; save it with ``fig.savefig(path)``; a notebook
-shows it when it is the cell's last value).
+`matplotlib.figure.Figure` (no pyplot state; save it with ``fig.savefig(path)``). A notebook
+shows a returned figure as the cell's value once ``%matplotlib inline`` has run (or pyplot has
+been imported), which registers Jupyter's figure display.
 
 | function | table it takes |
 | --- | --- |
