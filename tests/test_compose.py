@@ -339,3 +339,15 @@ def test_e1_answer_parsing():
         "joint_success": 0.25,
         "n": 4,
     }
+
+
+def test_experiment_presets_resolve_and_bad_names_are_clear():
+    from experiments.composition.config import E1Config, E2Config, make_config
+
+    quick = make_config("e2", "quick")
+    assert isinstance(quick, E2Config) and quick.overlaps[0] == 0.0
+    assert isinstance(make_config("e1", "default"), E1Config)
+    with pytest.raises(ValueError, match="unknown experiment"):
+        make_config("e3", "quick")
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("e2", "huge")

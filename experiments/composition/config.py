@@ -57,9 +57,9 @@ class E1Config:
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "e2": {
         "quick": dict(
-            train_examples=960,
-            eval_examples=300,
-            steps=60,
+            train_examples=640,
+            eval_examples=240,
+            steps=40,
             max_length=48,
             lr=1e-2,
             loreft_lr=1e-2,
