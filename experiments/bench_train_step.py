@@ -7,7 +7,7 @@ LoRA (r = 8, alpha 16). One step is forward + backward + AdamW step on the same 
 task sentences (MultiEmo-en), padded/truncated to ``--seq`` tokens. The methods are timed in
 turn, round after round, so machine load hits them alike; the median over rounds is reported.
 
-    python experiments/bench_train_step.py --json experiments/results/bench_train_step.json
+    python -m experiments.bench_train_step --json experiments/results/bench_train_step.json
 
 The summary's ratios are ours / PEFT's (below 1: ours is faster); over models, the worst
 (largest) ratio is reported alongside each model's.
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from experiments.machine import describe
 from road_interp import RoadConfig, load_model, load_tokenizer
 from road_interp.injection import resolve_targets
 from road_interp.model import RoadModel
@@ -85,13 +86,10 @@ def step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], causal: bool
 
 
 def machine() -> dict[str, object]:
+    """The shared machine description plus the load (the CPUs may be shared with others)."""
     return {
+        **describe(),
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "load_average_1m_at_start": os.getloadavg()[0],
     }
 

@@ -124,8 +124,8 @@ class TrainConfig:
     dropout: bool = field(
         default=True,
         metadata={
-            "help": "keep the model's dropout active while training (off: deterministic "
-            "across process counts)"
+            "help": "train in training mode, dropout active (off: eval mode, no dropout, the "
+            "same result for any number of processes)"
         },
     )
     train_limit: int | None = _opt("use at most this many training examples")
@@ -173,6 +173,11 @@ class TrainConfig:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.gradient_checkpointing and not self.dropout:
+            raise ValueError(
+                "gradient_checkpointing needs dropout on: without dropout the model trains in "
+                "eval mode, where Hugging Face models skip checkpointing"
+            )
         if self.eval_every < 0 or self.save_every < 0:
             raise ValueError("eval_every and save_every must be >= 0")
 
@@ -278,8 +283,6 @@ def train(
         resume: continue from ``output_dir/checkpoint`` if it exists (settings must match);
             with False, an existing checkpoint is an error.
     """
-    from accelerate import Accelerator
-
     out = Path(output_dir)
     train_set = example_set(data, "train", config.train_limit, config.seed)
     eval_source = eval_data if eval_data is not None else (None if _is_list(data) else data)
@@ -292,10 +295,7 @@ def train(
     if eval_set is not None:
         check_compatible(eval_set, model)
 
-    accelerator = Accelerator(
-        mixed_precision="bf16" if config.precision == "bf16" else "no",
-        cpu=not torch.cuda.is_available(),  # several CPU processes: DDP over gloo
-    )
+    accelerator = _accelerator(config.precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro = config.batch_size // config.grad_accum_steps
     if micro % world:
@@ -435,6 +435,21 @@ def _param_groups(
     groups = [{"params": rest}] if rest else []
     heads = [p for p in named.values() if id(p) in head]
     return groups + ([{"params": heads, "lr": config.head_lr}] if heads else [])
+
+
+def _accelerator(precision: str) -> Any:
+    """An Accelerator for this run. Accelerate keeps one process-wide state whose precision
+    cannot change, so a run in another precision than the previous one resets it (the
+    distributed set-up, kept in accelerate's PartialState, is untouched)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    wanted = "bf16" if precision == "bf16" else "no"
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != wanted:
+        AcceleratorState._reset_state()
+    # cpu=True when there is no GPU: several CPU processes then run DDP over gloo
+    return Accelerator(mixed_precision=wanted, cpu=not torch.cuda.is_available())
 
 
 def _is_list(data: Any) -> bool:
