@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from transformers import GenerationConfig
 
 from .. import injection, rotation
 from ..io import AdapterFile, adapter_from_model, check_compatible, read_adapter
@@ -228,7 +229,8 @@ class AdapterBank:
             for site in silenced:
                 site.disabled = True
             for name, (c_rows, s_rows) in gathered.items():
-                sites[name].routing = (c_rows, s_rows, self.group_size or 2)
+                assert self.group_size is not None  # tables exist only once an adapter does
+                sites[name].routing = (c_rows, s_rows, self.group_size)
             yield self.model
         finally:
             for name in gathered:
@@ -245,7 +247,7 @@ class AdapterBank:
         input_ids: Tensor,
         *,
         attention_mask: Tensor | None = None,
-        generation_config: Any = None,
+        generation_config: GenerationConfig | None = None,
     ) -> Any:
         """``model.generate`` with request i routed to ``routes[i]`` (greedy, sampling or beam
         search, as ``generation_config`` (a `transformers.GenerationConfig`) says; default: the
@@ -256,7 +258,7 @@ class AdapterBank:
                 f"input_ids has {input_ids.shape[0]} requests but routes has {rows.shape[0]} "
                 "entries; give one adapter name (or None) per request"
             )
-        config: Any = generation_config or self.model.model.generation_config
+        config: Any = generation_config or self.model.model.generation_config  # HF's own default
         repeats = max(int(config.num_beams or 1), int(config.num_return_sequences or 1))
         with self.route(routes, repeats=repeats):
             return self.model.model.generate(  # type: ignore[operator]

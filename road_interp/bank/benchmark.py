@@ -25,6 +25,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,7 +64,7 @@ class BenchSettings:
 
     @classmethod
     def quick(cls) -> BenchSettings:
-        return cls(prompt_len=16, decode_steps=4, rounds=3, llama_layers=2)
+        return cls(adapters=(1, 4, 16), prompt_len=16, decode_steps=8, rounds=3, llama_layers=2)
 
 
 @dataclass
@@ -216,19 +217,27 @@ def _sync(device: torch.device) -> None:
 
 
 def time_generation(
-    step: Step, prompt: Tensor, routes: list[str], steps: int, device: torch.device
+    step: Step,
+    prompt: Tensor,
+    routes: list[str],
+    steps: int,
+    device: torch.device,
+    context: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[float, float, Tensor]:
-    """Seconds for the prefill and for ``steps`` greedy decode steps; the prefill logits."""
+    """Seconds for the prefill and for ``steps`` greedy decode steps, and the prefill logits.
+    ``context()`` is entered once around the whole call (the bank's routing: its gather is
+    timed as part of the prefill)."""
     with torch.inference_mode():
         _sync(device)
         t0 = time.perf_counter()
-        logits, cache = step(prompt, None, routes)
-        _sync(device)
-        t1 = time.perf_counter()
-        first = logits
-        for _ in range(steps):
-            logits, cache = step(logits.argmax(-1, keepdim=True), cache, routes)
-        _sync(device)
+        with context():
+            logits, cache = step(prompt, None, routes)
+            _sync(device)
+            t1 = time.perf_counter()
+            first = logits
+            for _ in range(steps):
+                logits, cache = step(logits.argmax(-1, keepdim=True), cache, routes)
+            _sync(device)
         t2 = time.perf_counter()
     return t1 - t0, t2 - t1, first
 
@@ -277,10 +286,19 @@ def _bench_model(name: str, settings: BenchSettings, device: torch.device):
     }
     vocab: int = base.config.vocab_size  # type: ignore[union-attr,assignment]
     gen = torch.Generator().manual_seed(settings.seed)
+
+    def context(method: str, routes: list[str]) -> Callable[[], AbstractContextManager]:
+        return (lambda: bank.route(routes)) if method == "bank" else nullcontext
+
     times: dict[tuple[str, int], list[tuple[float, float]]] = {}
     check: dict[str, float] = {}
-    total = settings.rounds * len(settings.adapters) * len(METHODS)
+    total = (settings.rounds * len(settings.adapters) + 1) * len(METHODS)
     bar = tqdm(total=total, desc=f"serve-bench {name}", unit="run")
+    for method in METHODS:  # warm-up, untimed: first-call allocations and kernel selection
+        routes = [f"adapter{i % 16}" for i in range(16)]
+        warm = torch.randint(0, vocab, (16, settings.prompt_len), generator=gen).to(device)
+        time_generation(steps[method], warm, routes, 2, device, context(method, routes))
+        bar.update()
     for r in range(settings.rounds):
         for n in settings.adapters:
             batch = max(16, n)
@@ -290,15 +308,14 @@ def _bench_model(name: str, settings: BenchSettings, device: torch.device):
             order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
             firsts = {}
             for method in order:
-                if method == "bank":
-                    with bank.route(routes):
-                        pre, dec, first = time_generation(
-                            steps[method], prompt, routes, settings.decode_steps, device
-                        )
-                else:
-                    pre, dec, first = time_generation(
-                        steps[method], prompt, routes, settings.decode_steps, device
-                    )
+                pre, dec, first = time_generation(
+                    steps[method],
+                    prompt,
+                    routes,
+                    settings.decode_steps,
+                    device,
+                    context(method, routes),
+                )
                 firsts[method] = first
                 times.setdefault((method, n), []).append((pre, dec))
                 bar.update()
