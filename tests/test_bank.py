@@ -386,3 +386,38 @@ def test_smollm2_bad_requests_fail_before_any_computation(real_smollm2, real_min
         embed.remove()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, base)
+
+
+# -- the benchmark's plumbing (the benchmark itself runs in experiments/bench_batching.py) ----
+def test_serve_bench_options_and_summary_ratios():
+    import pandas as pd
+
+    from road_interp.bank.benchmark import BenchResult, BenchSettings
+    from road_interp.cli import build_parser
+    from road_interp.cli.serve_bench import settings_from
+
+    args = build_parser().parse_args(
+        ["serve-bench", "--quick", "--models", "smollm2", "--adapters", "1,16", "--threads", "1"]
+    )
+    settings = settings_from(args)
+    assert settings.models == ("smollm2",) and settings.adapters == (1, 16)
+    assert settings.threads == 1 and settings.prompt_len == BenchSettings.quick().prompt_len
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve-bench", "--adapters", "1,x"])
+    table = pd.DataFrame(
+        [
+            {"model": "smollm2", "method": m, "adapters": 16, "decode_tok_s": d, "prefill_tok_s": p}
+            for m, d, p in [
+                ("base", 100.0, 1000.0),
+                ("bank", 90.0, 950.0),
+                ("peft_road", 30.0, 500.0),
+                ("peft_lora", 45.0, 800.0),
+            ]
+        ]
+    )
+    result = BenchResult(settings, {"device": "cpu"}, table)
+    summary = result.to_json()["summary"]
+    assert summary["decode_vs_base_16"] == pytest.approx(0.9)
+    assert summary["decode_vs_peft_road_16"] == pytest.approx(3.0)
+    assert summary["decode_vs_peft_lora_16"] == pytest.approx(2.0)
+    assert result.to_json()["targets"]["decode_vs_base_16"] == 0.85
