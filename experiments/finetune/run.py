@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from experiments.machine import describe
 from road_interp.baselines import run, split_settings
 
 HERE = Path(__file__).parent
@@ -52,8 +53,9 @@ def planned_runs(preset: dict[str, Any]) -> list[tuple[dict[str, Any], int | Non
     return runs
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """Mean (± std over seeds) test metric and trainable-% per model, task and method."""
+def markdown(table: pd.DataFrame, preset: dict[str, Any]) -> str:
+    """Mean (± std over seeds) test metric and trainable-% per model, task and method, under
+    a header saying which preset and machine produced them."""
     grouped = table.groupby(["model", "task", "method"], sort=False)
     summary = grouped.agg(
         trainable_pct=("trainable_pct", "first"),
@@ -66,13 +68,18 @@ def markdown(table: pd.DataFrame) -> str:
         train_s=("train_seconds", "mean"),
     ).reset_index()
     lines = [
+        f"Preset: {preset.get('description', '')}",
+        "",
+        f"Machine: {describe()}; test metric on the test split (first {preset.get('test_limit')} "
+        "examples unless a group says otherwise); trainable % excludes the encoder's head.",
+        "",
         "| model | task | method | trainable params | trainable % | test metric | majority | seeds | train s |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary.itertuples():
         std = f" ± {r.test_std:.3f}" if r.seeds > 1 else ""
         lines.append(
-            f"| {r.model} | {r.task} | {r.method} | {r.trainable_params:,} | "
+            f"| {r.model} | {r.task} | {r.method} | {int(r.trainable_params):,} | "
             f"{r.trainable_pct:.4f} | {r.metric} {r.test_mean:.3f}{std} | {r.majority:.3f} | "
             f"{r.seeds} | {r.train_s:.0f} |"
         )
@@ -129,8 +136,8 @@ def main() -> None:
     every = [pd.read_csv(p) for p in sorted(out.glob(f"{args.preset}*.csv"))]
     if every:
         table = pd.concat(every, ignore_index=True)
-        _write(out / f"{args.preset}.md", markdown(table))
-        print(markdown(table))
+        _write(out / f"{args.preset}.md", markdown(table, preset))
+        print(markdown(table, preset))
 
 
 def _write(path: Path, text: str) -> None:
