@@ -406,7 +406,15 @@ def test_serve_bench_options_and_summary_ratios():
         build_parser().parse_args(["serve-bench", "--adapters", "1,x"])
     table = pd.DataFrame(
         [
-            {"model": "smollm2", "method": m, "adapters": 16, "decode_tok_s": d, "prefill_tok_s": p}
+            {
+                "model": "smollm2",
+                "method": m,
+                "adapters": 16,
+                "decode_tok_s": d,
+                "prefill_tok_s": p,
+                "decode_tok_cpu_s": 2 * d,
+                "prefill_tok_cpu_s": 2 * p,
+            }
             for m, d, p in [
                 ("base", 100.0, 1000.0),
                 ("bank", 90.0, 950.0),
@@ -421,3 +429,5 @@ def test_serve_bench_options_and_summary_ratios():
     assert summary["decode_vs_peft_road_16"] == pytest.approx(3.0)
     assert summary["decode_vs_peft_lora_16"] == pytest.approx(2.0)
     assert result.to_json()["targets"]["decode_vs_base_16"] == 0.85
+    by_clock = result.to_json()["summary_by_model_and_clock"]["smollm2"]
+    assert by_clock["cpu"]["decode_vs_peft_lora_16"] == pytest.approx(2.0)

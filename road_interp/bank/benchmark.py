@@ -41,6 +41,7 @@ from .bank import AdapterBank
 from .synthetic import random_adapter
 
 METHODS = ("base", "bank", "peft_road", "peft_lora")
+CLOCKS = ("wall", "cpu")
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -61,6 +62,14 @@ class BenchSettings:
     device: str = "auto"
     seed: int = 0
     fused_check: bool = True
+    clock: str = "wall"
+    """Clock of the summary and the plot: ``"wall"`` (elapsed time), or ``"cpu"`` (this
+    process's CPU time: stable on a machine shared with other jobs when ``threads`` is 1,
+    where waiting for a core is not counted). Both are always recorded."""
+
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
 
     @classmethod
     def quick(cls) -> BenchSettings:
@@ -76,32 +85,42 @@ class BenchResult:
     checks: dict[str, Any] = field(default_factory=dict)
     fused_op: pd.DataFrame | None = None
 
-    def summary(self, model: str | None = None) -> dict[str, float]:
+    def summary(self, model: str | None = None, clock: str | None = None) -> dict[str, float]:
         """Decode and prefill throughput ratios of the bank at 16 adapters (``model``: the
-        first model benchmarked)."""
+        first model benchmarked; ``clock``: the settings' clock)."""
         model = model or self.settings.models[0]
+        column = throughput_column(clock or self.settings.clock)
         rows = self.table[(self.table["model"] == model) & (self.table["adapters"] == 16)]
         tps = rows.set_index("method")
         out = {}
         for phase in ("decode", "prefill"):
-            ours = float(tps.loc["bank", f"{phase}_tok_s"])
+            ours = float(tps.loc["bank", column.format(phase=phase)])
             for other in ("peft_lora", "peft_road", "base"):
-                out[f"{phase}_vs_{other}_16"] = ours / float(tps.loc[other, f"{phase}_tok_s"])
+                theirs = float(tps.loc[other, column.format(phase=phase)])
+                out[f"{phase}_vs_{other}_16"] = ours / theirs
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {
             "settings": asdict(self.settings),
             "machine": self.machine,
+            "clock": self.settings.clock,
             "summary": self.summary() if 16 in self.settings.adapters else {},
-            "summary_by_model": {
-                m: self.summary(m) for m in self.settings.models if 16 in self.settings.adapters
+            "summary_by_model_and_clock": {
+                m: {c: self.summary(m, c) for c in CLOCKS}
+                for m in self.settings.models
+                if 16 in self.settings.adapters
             },
             "targets": TARGETS_GPU if self.machine["device"] == "cuda" else TARGETS_CPU,
             "checks": self.checks,
             "results": self.table.to_dict(orient="records"),
             "fused_op": None if self.fused_op is None else self.fused_op.to_dict("records"),
         }
+
+
+def throughput_column(clock: str) -> str:
+    """Column (with a ``{phase}`` field) of tokens/s measured with ``clock``."""
+    return "{phase}_tok_s" if clock == "wall" else "{phase}_tok_cpu_s"
 
 
 TARGETS_CPU = {
@@ -223,23 +242,23 @@ def time_generation(
     steps: int,
     device: torch.device,
     context: Callable[[], AbstractContextManager] = nullcontext,
-) -> tuple[float, float, Tensor]:
-    """Seconds for the prefill and for ``steps`` greedy decode steps, and the prefill logits.
-    ``context()`` is entered once around the whole call (the bank's routing: its gather is
-    timed as part of the prefill)."""
+) -> tuple[tuple[float, float], tuple[float, float], Tensor]:
+    """(wall, CPU) seconds of the prefill and of ``steps`` greedy decode steps, and the prefill
+    logits. ``context()`` is entered once around the whole call (the bank's routing: its
+    gather is timed as part of the prefill)."""
     with torch.inference_mode():
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with context():
             logits, cache = step(prompt, None, routes)
             _sync(device)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             first = logits
             for _ in range(steps):
                 logits, cache = step(logits.argmax(-1, keepdim=True), cache, routes)
             _sync(device)
-        t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, first
+        t2, c2 = time.perf_counter(), time.process_time()
+    return (t1 - t0, c1 - c0), (t2 - t1, c2 - c1), first
 
 
 def run_benchmark(settings: BenchSettings) -> BenchResult:
@@ -290,7 +309,7 @@ def _bench_model(name: str, settings: BenchSettings, device: torch.device):
     def context(method: str, routes: list[str]) -> Callable[[], AbstractContextManager]:
         return (lambda: bank.route(routes)) if method == "bank" else nullcontext
 
-    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    times: dict[tuple[str, int], list[tuple[tuple[float, float], tuple[float, float]]]] = {}
     check: dict[str, float] = {}
     total = (settings.rounds * len(settings.adapters) + 1) * len(METHODS)
     bar = tqdm(total=total, desc=f"serve-bench {name}", unit="run")
@@ -327,21 +346,17 @@ def _bench_model(name: str, settings: BenchSettings, device: torch.device):
     records = []
     for (method, n), runs in times.items():
         batch = max(16, n)
-        pre = statistics.median(t for t, _ in runs)
-        dec = statistics.median(t for _, t in runs)
-        records.append(
-            {
-                "model": name,
-                "method": method,
-                "adapters": n,
-                "batch": batch,
-                "prefill_s": pre,
-                "decode_s": dec,
-                "prefill_tok_s": batch * settings.prompt_len / pre,
-                "decode_tok_s": batch * settings.decode_steps / dec,
-                "rounds": len(runs),
-            }
-        )
+        record: dict[str, Any] = {"model": name, "method": method, "adapters": n, "batch": batch}
+        for clock, i in (("wall", 0), ("cpu", 1)):
+            suffix = "" if clock == "wall" else "_cpu"
+            prefill_s = statistics.median(p[i] for p, _ in runs)
+            decode_s = statistics.median(d[i] for _, d in runs)
+            record[f"prefill{suffix}_s"] = prefill_s
+            record[f"decode{suffix}_s"] = decode_s
+            record[f"prefill_tok{suffix}_s"] = batch * settings.prompt_len / prefill_s
+            record[f"decode_tok{suffix}_s"] = batch * settings.decode_steps / decode_s
+        record["rounds"] = len(runs)
+        records.append(record)
     return records, check
 
 
@@ -391,9 +406,9 @@ def _us_per_call(fn: Callable, h: Tensor, c: Tensor, s: Tensor, device: torch.de
 
 
 # -- the figure -------------------------------------------------------------------------------
-def plot_throughput(table: pd.DataFrame):
-    """Tokens/s against the number of distinct adapters in the batch, one panel per (phase,
-    model), one line per method. Returns the matplotlib Figure."""
+def plot_throughput(table: pd.DataFrame, clock: str = "wall"):
+    """Tokens/s (measured with ``clock``) against the number of distinct adapters in the
+    batch, one panel per (phase, model), one line per method. Returns the matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,11 +422,12 @@ def plot_throughput(table: pd.DataFrame):
             ax = axes[row][col]
             for method in METHODS:
                 m = sub[sub["method"] == method].sort_values("adapters")
-                ax.plot(m["adapters"], m[f"{phase}_tok_s"], marker="o", label=method)
+                column = throughput_column(clock).format(phase=phase)
+                ax.plot(m["adapters"], m[column], marker="o", label=method)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("distinct adapters in the batch (batch = max(16, n))")
-            ax.set_ylabel(f"{phase} tokens/s")
+            ax.set_ylabel(f"{phase} tokens/s ({clock} clock)")
             ax.set_title(f"{model}: {phase}")
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend()

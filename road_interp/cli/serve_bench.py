@@ -45,6 +45,13 @@ def add_parser(sub) -> None:
     p.add_argument("--llama-layers", type=int, help="layers of the random llama-2048")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="clock of the summary and plot: wall (default) or cpu (process CPU time; stable "
+        "on a shared machine with --threads 1). Both are recorded.",
+    )
     p.add_argument("--no-fused-check", action="store_true", help="skip the fused-op timing")
     p.add_argument("--json", type=Path, help="write results and summary as JSON here")
     p.add_argument(
@@ -65,7 +72,13 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     models = tuple(m for m in args.models.split(",") if m)
-    return replace(settings, models=models, device=args.device, fused_check=not args.no_fused_check)
+    return replace(
+        settings,
+        models=models,
+        device=args.device,
+        clock=args.clock,
+        fused_check=not args.no_fused_check,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,14 +86,14 @@ def run(args: argparse.Namespace) -> int:
     result = run_benchmark(settings)
     args.out.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(args.out / "throughput.csv", index=False)
-    plot_throughput(result.table).savefig(args.out / "throughput.png", dpi=120)
+    plot_throughput(result.table, settings.clock).savefig(args.out / "throughput.png", dpi=120)
     print(f"machine: {result.machine}")
     print(result.table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if result.fused_op is not None:
         print("\nrouted element-wise op, microseconds per call (eager vs torch.compile):")
         print(result.fused_op.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     report = result.to_json()
-    print("\nsummary (bank throughput / other, 16 adapters):")
+    print(f"\nsummary (bank throughput / other, 16 adapters, {settings.clock} clock):")
     for key, value in report["summary"].items():
         target = report["targets"].get(key)
         verdict = "" if target is None else f"  (target >= {target}: {value >= target})"
