@@ -189,6 +189,11 @@ def test_route_overrides_and_silences_other_adapters(input_ids):
     assert_unrouted(road)
     with torch.no_grad():
         assert torch.equal(road(input_ids).logits, own)
+    bank.add_from_model("own")  # the model's own adapter, served from the bank
+    with torch.no_grad(), bank.route(["own", None, "own"]):
+        routed = road(input_ids).logits
+    torch.testing.assert_close(routed[0::2], own[0::2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(routed[1], base[1])
 
 
 def test_route_refuses_merged_or_nested_and_clears_on_exceptions(input_ids):
