@@ -32,13 +32,19 @@ def add_parser(sub) -> None:
         "(r=8) with adapter_names, side by side (interleaved rounds, medians). Writes a "
         "table (CSV), a plot (PNG) and, with --json, the results with a summary of ratios.",
     )
-    p.add_argument("--quick", action="store_true", help="short prompts, few steps and rounds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="16-token prompts, 8 decode steps, 3 rounds, 1/4/16 adapters, 2-layer llama-2048",
+    )
     p.add_argument(
         "--models",
         default="smollm2,llama-2048",
         help="comma-separated: smollm2 (the embedded model), llama-2048 (random weights)",
     )
-    p.add_argument("--adapters", type=_ints, help="adapter counts, default 1,4,16,64")
+    p.add_argument(
+        "--adapters", type=_ints, help="adapter counts, default 1,4,16,64 (--quick: 1,4,16)"
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds (median reported)")
     p.add_argument("--prompt-len", type=int, help="prompt tokens per request")
     p.add_argument("--decode-steps", type=int, help="decode steps per run")
