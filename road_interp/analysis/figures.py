@@ -103,6 +103,8 @@ def layer_module_heatmap(
         spare.remove()
     axes = grid_axes[: len(panels)]
     annotate = len(rows) * len(modules) <= 80
+    largest = float(np.abs(finite).max()) if finite.size else 0.0
+    decimals = min(4, max(0, 2 - math.floor(math.log10(largest)))) if largest > 0 else 2
     for ax, name, grid in zip(axes, panels, grids, strict=True):
         image = ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
         ax.set_xticks(range(len(modules)), modules, rotation=40, ha="right", fontsize=8)
@@ -115,7 +117,7 @@ def layer_module_heatmap(
                 if np.isfinite(v):
                     shade = image.cmap(norm(v))
                     light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.55
-                    ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{v:.{decimals}f}", ha="center", va="center", fontsize=7,
                             color="black" if light else "white")  # fmt: skip
     fig.colorbar(image, ax=list(axes), label=_label(value), shrink=0.9)
     fig.suptitle(title or f"{_label(value)} per layer and module type")
