@@ -320,6 +320,20 @@ def test_drift_of_an_identity_adapter_is_exactly_zero(minilm, token):
 
 
 @pytest.mark.real
+def test_drift_runs_without_dropout_and_restores_the_mode(minilm):
+    road, tok = minilm
+    road.add_adapter("identity", RoadConfig(targets="all-linear"))
+    road.train()  # as after training: dropout would make the two runs differ
+    try:
+        samples = drift.drift_samples(road, drift.text_batches(tok, TEXTS), progress=False)
+        assert road.training
+    finally:
+        road.eval()
+        road.delete_adapter("identity")
+    assert (samples["delta_m"] == 0.0).all() and (samples["cos"] == 1.0).all()
+
+
+@pytest.mark.real
 def test_drift_matches_a_direct_computation(minilm):
     road, tok = minilm
     road.add_adapter("rand", RoadConfig(targets="all-linear", init="random"), seed=0)

@@ -96,7 +96,8 @@ def drift_samples(
     progress: bool = True,
 ) -> pd.DataFrame:
     """ΔM and cos per example and layer, between the model with its active adapters and
-    without them (the tidy long table `summarize_drift` aggregates).
+    without them (the tidy long table `summarize_drift` aggregates). The model runs in eval
+    mode (no dropout) and is put back in its previous mode afterwards.
 
     Args:
         model: a `RoadModel` whose active adapters are the ones to measure.
@@ -111,36 +112,56 @@ def drift_samples(
     if not model.active:
         raise ValueError("the model has no active adapter; set_active() the one to measure")
     device = next(model.parameters()).device
-    frames, seen = [], 0
+    frames: list[pd.DataFrame] = []
     total = len(batches) if isinstance(batches, Sized) else None
     bar = tqdm(
         batches, desc=f"drift ({token} token)", unit="batch", total=total, disable=not progress
     )
-    for batch in bar:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(batch["input_ids"])
-        adapted = _hidden_states(model, batch)
-        with model.disabled():
-            base = _hidden_states(model, batch)
-        for layer, (h, h0) in enumerate(zip(adapted, base, strict=True)):
-            delta_m, cos = drift_measures(pick_token(h, mask, token), pick_token(h0, mask, token))
-            n = delta_m.shape[0]
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "example": range(seen, seen + n),
-                        "layer": layer,
-                        "delta_m": delta_m.cpu().numpy(),
-                        "cos": cos.cpu().numpy(),
-                    }
-                )
-            )
-        seen += mask.shape[0]
+    was_training = model.training
+    model.eval()  # no dropout: the two runs must differ by the adapter only
+    try:
+        seen = 0
+        for batch in bar:
+            batch_frames = _batch_drift(model, batch, token, device, first_example=seen)
+            frames.extend(batch_frames)
+            seen += len(batch_frames[0])
+    finally:
+        model.train(was_training)
     if not frames:
         raise ValueError("the batches were empty; drift needs at least one example")
     return pd.concat(frames, ignore_index=True).sort_values(["layer", "example"], kind="stable")
+
+
+def _batch_drift(
+    model: RoadModel,
+    batch: Mapping[str, Tensor],
+    token: str,
+    device: torch.device,
+    first_example: int,
+) -> list[pd.DataFrame]:
+    """One (example, layer, delta_m, cos) frame per layer for one batch."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(batch["input_ids"])
+    adapted = _hidden_states(model, batch)
+    with model.disabled():
+        base = _hidden_states(model, batch)
+    frames = []
+    for layer, (h, h0) in enumerate(zip(adapted, base, strict=True)):
+        delta_m, cos = drift_measures(pick_token(h, mask, token), pick_token(h0, mask, token))
+        n = delta_m.shape[0]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "example": range(first_example, first_example + n),
+                    "layer": layer,
+                    "delta_m": delta_m.cpu().numpy(),
+                    "cos": cos.cpu().numpy(),
+                }
+            )
+        )
+    return frames
 
 
 def summarize_drift(samples: pd.DataFrame, name: str = "adapter") -> pd.DataFrame:
