@@ -1,4 +1,5 @@
-# Quick start:  make demo   (set up, fetch the embedded models and data, run the main job)
+# Quick start:  make demo   (set up, fetch the embedded models and data, run the main job:
+#                            the composition experiment E2, quick preset -> results/composition/e2-quick)
 #               make test   (set up, lint, type-check, run the test suite)
 PY ?= python3
 VENV ?= .venv
@@ -18,8 +19,10 @@ $(BIN)/road-interp: pyproject.toml
 setup: $(BIN)/road-interp
 	$(BIN)/road-interp fetch
 
+PRESET ?= quick
 demo: setup
 	$(BIN)/road-interp demo
+	$(BIN)/python -m experiments.composition.run --experiment e2 --preset $(PRESET) -o results/composition/e2-$(PRESET)
 
 lint: $(BIN)/road-interp
 	$(BIN)/ruff check road_interp tests experiments
