@@ -134,8 +134,17 @@ def main() -> None:
         _write(csv, table.to_csv(index=False))
         done = table
     every = [pd.read_csv(p) for p in sorted(out.glob(f"{args.preset}*.csv"))]
-    if every:
-        table = pd.concat(every, ignore_index=True)
+    if every:  # all parts together, each run once, in the preset's order
+        table = pd.concat(every, ignore_index=True).drop_duplicates(KEY)
+        order = {tuple(str(s[k]) for k in KEY): i for i, (s, _) in enumerate(planned_runs(preset))}
+        table = table.iloc[
+            sorted(
+                range(len(table)),
+                key=lambda i: order.get(tuple(table.iloc[i][KEY].astype(str)), len(order)),
+            )
+        ]
+        if args.report:
+            _write(out / f"{args.preset}.all.csv", table.to_csv(index=False))
         _write(out / f"{args.preset}.md", markdown(table, preset))
         print(markdown(table, preset))
 
