@@ -5,9 +5,9 @@ hidden vectors. See `road_interp.rotation` for the math and `road_interp.model.R
 the entry point.
 """
 
+from . import rotation
 from .config import FORMAT_VERSION, RoadConfig
 from .io import AdapterFile, load_adapter, read_adapter, save_adapter, write_adapter, write_peft
-from . import rotation
 from .layers import RoadAdapter, RoadLinear, RoadSite
 from .model import RoadModel
 from .models import fetch_model, load_model, load_tokenizer
@@ -25,6 +25,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "read_adapter",
+    "rotation",
     "save_adapter",
     "write_adapter",
     "write_peft",
