@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import RoadConfig
-from .layers import RoadLinear
+from .layers import RoadLinear, RoadSite
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -36,6 +36,15 @@ HEAD_NAMES = frozenset({"classifier", "score", "lm_head", "qa_outputs", "cls"})
 """Name components of output heads, which ``"all-linear"`` leaves out."""
 
 ADAPTABLE = (nn.Linear, Conv1D)
+
+
+def out_features(module: nn.Module) -> int | None:
+    """Output size d of a site or an adaptable layer; None for any other module."""
+    if isinstance(module, RoadSite):
+        return module.size
+    if isinstance(module, Conv1D):
+        return int(module.nf)
+    return module.out_features if isinstance(module, nn.Linear) else None
 
 
 def pattern_matches(pattern: str, name: str) -> bool:

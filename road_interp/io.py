@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .config import FORMAT_VERSION, RoadConfig
 from .files import atomic_folder
+from .injection import out_features
 from .rotation import PARAMS_PER_COORDINATE
 
 CONFIG_FILE = "road_config.json"
@@ -221,8 +222,6 @@ def check_compatible(model, adapter: AdapterFile, where: str = "adapter") -> Non
             f"this model is {ours['model_type']!r} ({ours['architecture']})"
         )
     modules = dict(model.model.named_modules())
-    from .layers import RoadLinear
-
     for site, size in adapter.sites.items():
         module = modules.get(site)
         if module is None:
@@ -230,11 +229,7 @@ def check_compatible(model, adapter: AdapterFile, where: str = "adapter") -> Non
                 f"{where} has a site {site} that this {ours['architecture']} does not have; "
                 "was it made for another architecture?"
             )
-        actual = (
-            module.size
-            if isinstance(module, RoadLinear)
-            else getattr(module, "out_features", getattr(module, "nf", None))
-        )
+        actual = out_features(module)
         if actual != size:
             raise ValueError(
                 f"{where}: site {site} has size {size} in the adapter but {actual} in this model"

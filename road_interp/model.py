@@ -81,8 +81,8 @@ class RoadModel(nn.Module):
         targets = injection.resolve_targets(self.model, config)
         modules = dict(self.model.named_modules())
         for target in targets:
-            existing = modules[target]
-            size = existing.size if isinstance(existing, RoadLinear) else _out_features(existing)
+            size = injection.out_features(modules[target])
+            assert size is not None  # resolve_targets returns adaptable layers only
             try:
                 check_pairing(size, config.group_size)
             except ValueError as err:
@@ -231,7 +231,3 @@ def _module_type(site_name: str) -> str:
         if parts[i].isdigit():
             return ".".join(parts[i + 1 :])
     return parts[-1]
-
-
-def _out_features(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.nf  # type: ignore[return-value]

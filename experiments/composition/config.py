@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from road_interp.training import TrainConfig
+
 
 @dataclass(frozen=True)
 class E2Config:
@@ -101,3 +103,16 @@ def make_config(experiment: str, preset: str) -> E1Config | E2Config:
     if unknown:
         raise ValueError(f"preset {preset!r} sets unknown fields {sorted(unknown)}")
     return replace(base, **presets[preset])  # type: ignore[arg-type]
+
+
+def train_config(cfg: E1Config | E2Config, progress: bool, steps: int, lr: float) -> TrainConfig:
+    """The shared training settings of every condition: ``steps`` optimizer steps at ``lr``."""
+    return TrainConfig(
+        lr=lr,
+        batch_size=cfg.batch_size,
+        max_steps=steps,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        log_every=max(1, steps // 4),
+        progress=progress,
+    )

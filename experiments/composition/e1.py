@@ -45,9 +45,9 @@ from road_interp.pyvene_view import LoreftIntervention
 from road_interp.representation import Positions, add_output_adapter, load_output_adapter
 from road_interp.subspaces import Subspace, route_subspaces, train_on
 from road_interp.tasks import Example, get_task, parallel_sentences
-from road_interp.training import TrainConfig, train
+from road_interp.training import train
 
-from .config import E1Config
+from .config import E1Config, train_config
 from .heads import rows_set
 
 FRENCH = "Rewrite this sentence:\n{text}"
@@ -171,18 +171,6 @@ class E1:
         }
         return out, task_of
 
-    def train_config(self, steps: int, lr: float) -> TrainConfig:
-        cfg = self.cfg
-        return TrainConfig(
-            lr=lr,
-            batch_size=cfg.batch_size,
-            max_steps=steps,
-            max_length=cfg.max_length,
-            seed=cfg.seed,
-            log_every=max(1, steps // 4),
-            progress=self.progress,
-        )
-
     def site_config(self) -> RoadConfig:
         targets = tuple(f"model.layers.{i}" for i in self.cfg.layers)
         return RoadConfig(variant="road_1", group_size=2, targets=targets)
@@ -213,7 +201,7 @@ class E1:
                 model,
                 self.tok,
                 self.train_sets[key],
-                self.train_config(self.cfg.steps, self.cfg.lr),
+                train_config(self.cfg, self.progress, self.cfg.steps, self.cfg.lr),
                 self.runs / f"skill_{key}",
                 resume=False,
             )
@@ -239,7 +227,7 @@ class E1:
             model,
             self.tok,
             examples,
-            self.train_config(2 * self.cfg.steps, self.cfg.lr),
+            train_config(self.cfg, self.progress, 2 * self.cfg.steps, self.cfg.lr),
             self.runs / "joint",
             forward_context=routed,
             resume=False,
@@ -272,7 +260,7 @@ class E1:
                 model,
                 self.tok,
                 examples,
-                self.train_config(2 * cfg.steps, cfg.loreft_lr),
+                train_config(self.cfg, self.progress, 2 * cfg.steps, cfg.loreft_lr),
                 self.runs / "loreft",
                 forward_context=routed,
                 resume=False,

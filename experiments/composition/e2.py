@@ -45,9 +45,9 @@ from road_interp.pyvene_view import LoreftIntervention, interchange_score
 from road_interp.representation import Positions
 from road_interp.subspaces import Subspace, model_sizes, route_subspaces, train_on
 from road_interp.tasks import Example, get_task
-from road_interp.training import TrainConfig, train
+from road_interp.training import train
 
-from .config import E2Config
+from .config import E2Config, train_config
 from .heads import MultiHead, PyveneClassifier, rows_set, use_head
 
 TASKS = {"A": "multiemo_en", "B": "vitaminc"}
@@ -75,18 +75,6 @@ class E2:
     def fresh(self, num_labels: int) -> nn.Module:
         return load_model(
             "minilm", task="classification", num_labels=num_labels, seed=self.cfg.seed
-        )
-
-    def train_config(self, steps: int, lr: float) -> TrainConfig:
-        cfg = self.cfg
-        return TrainConfig(
-            lr=lr,
-            batch_size=cfg.batch_size,
-            max_steps=steps,
-            max_length=cfg.max_length,
-            seed=cfg.seed,
-            log_every=max(1, steps // 4),
-            progress=self.progress,
         )
 
     def run_dir(self, name: str) -> Path:
@@ -138,7 +126,7 @@ class E2:
             model,
             self.tok,
             self.train_sets[key],
-            self.train_config(self.cfg.steps, self.cfg.lr),
+            train_config(self.cfg, self.progress, self.cfg.steps, self.cfg.lr),
             self.run_dir(f"base_{key}"),
             resume=False,
         )
@@ -153,7 +141,7 @@ class E2:
                 model,
                 self.tok,
                 self.train_sets[key],
-                self.train_config(self.cfg.steps, self.cfg.lr),
+                train_config(self.cfg, self.progress, self.cfg.steps, self.cfg.lr),
                 self.run_dir(f"skill_{tag}"),
                 resume=False,
             )
@@ -203,7 +191,7 @@ class E2:
                 model,
                 self.tok,
                 examples,
-                self.train_config(2 * self.cfg.steps, self.cfg.lr),
+                train_config(self.cfg, self.progress, 2 * self.cfg.steps, self.cfg.lr),
                 self.run_dir(f"joint_{overlap:g}"),
                 forward_context=routed,
                 resume=False,
@@ -237,7 +225,7 @@ class E2:
             model,
             self.tok,
             examples,
-            self.train_config(2 * cfg.steps, cfg.loreft_lr),
+            train_config(self.cfg, self.progress, 2 * cfg.steps, cfg.loreft_lr),
             self.run_dir("loreft"),
             forward_context=routed,
             resume=False,
