@@ -19,7 +19,8 @@ Every operation works site by site and plane by plane; nothing needs a model.
   (`params_from_coefficients`). A zero magnitude (a singular block) is an error.
 
 Adapters combine only if they share variant and group size, were made for the same base model,
-and agree on the size of every shared site; otherwise a ValueError names the difference.
+agree on the size of every shared site and (representation adapters) act at the same token
+positions; otherwise a ValueError names the difference.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ def check_composable(adapters: Mapping[str, AdapterFile]) -> None:
     first_name, first = items[0]
     sizes = dict(first.sites)
     for name, other in items[1:]:
+        if first.positions != other.positions:
+            raise ValueError(
+                f"cannot compose {first_name!r} (positions {first.positions}) with {name!r} "
+                f"(positions {other.positions}); adapters must act at the same token positions"
+            )
         for field in ("variant", "group_size"):
             a, b = getattr(first.config, field), getattr(other.config, field)
             if a != b:
@@ -89,7 +95,7 @@ def _named(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) -> dict[
 
 def _with_params(like: AdapterFile, params: dict[str, Params]) -> AdapterFile:
     config = replace(like.config, targets=tuple(params))
-    return AdapterFile(config, like.base_model, params)
+    return AdapterFile(config, like.base_model, params, like.positions)
 
 
 # -- parameters <-> coefficients ----------------------------------------------------------------

@@ -35,6 +35,7 @@ from .encoding import (
     pad,
     unwrap,
 )
+from .representation import prompt_tokens
 
 if TYPE_CHECKING:
     from .tasks import Example, Task
@@ -141,10 +142,12 @@ def answer_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     width = labels.shape[1]
     keep = min(width, int((labels != IGNORE_INDEX).sum(1).max()) + 1)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-    if _accepts(model, "logits_to_keep"):
-        logits = model(**inputs, logits_to_keep=keep).logits  # (B, keep, V)
-    else:
-        logits = model(**inputs).logits[:, -keep:]
+    # representation sites at prompt positions must not count the answer as prompt
+    with prompt_tokens(batch["attention_mask"].bool() & (labels == IGNORE_INDEX)):
+        if _accepts(model, "logits_to_keep"):
+            logits = model(**inputs, logits_to_keep=keep).logits  # (B, keep, V)
+        else:
+            logits = model(**inputs).logits[:, -keep:]
     targets = labels[:, width - keep + 1 :]  # (B, keep - 1)
     mask = targets != IGNORE_INDEX
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)

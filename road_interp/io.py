@@ -3,7 +3,8 @@
 Our folder::
 
     road_config.json          {"format_version", "adapter": RoadConfig, "base_model": {...},
-                               "sites": {"<module path>": d}}
+                               "sites": {"<module path>": d},
+                               "positions": "last:1"   (representation sites only)}
     road_adapter.safetensors  "<module path>.theta", "<module path>.alpha" (float32)
 
 PEFT's folder::
@@ -46,6 +47,9 @@ class AdapterFile:
     base_model: dict[str, Any]
     params: dict[str, tuple[Tensor, Tensor]]
     """site path -> (θ, α)."""
+    positions: str | None = None
+    """For adapters on module outputs (`road_interp.representation`): the token positions they
+    act at, as ``str(Positions)`` (``"all"``, ``"last:1"``, ...). None for linear layers."""
 
     @property
     def sites(self) -> dict[str, int]:
@@ -94,7 +98,7 @@ def _read_ours(folder: Path) -> AdapterFile:
             f"{folder / CONFIG_FILE} has format version {version!r}; this road_interp reads up to "
             f"{FORMAT_VERSION}; upgrade road_interp"
         )
-    unknown = set(meta) - {"format_version", "adapter", "base_model", "sites"}
+    unknown = set(meta) - {"format_version", "adapter", "base_model", "sites", "positions"}
     if unknown:
         raise ValueError(f"{folder / CONFIG_FILE} has unknown keys {sorted(unknown)}")
     config = RoadConfig.from_dict(meta["adapter"])
@@ -107,7 +111,10 @@ def _read_ours(folder: Path) -> AdapterFile:
             raise ValueError(
                 f"{folder / WEIGHTS_FILE} lacks the parameters of site {site}"
             ) from None
-    adapter = AdapterFile(config, meta["base_model"], params)
+    positions = meta.get("positions")
+    if positions is not None and not isinstance(positions, str):
+        raise ValueError(f"{folder / CONFIG_FILE}: positions must be a string, got {positions!r}")
+    adapter = AdapterFile(config, meta["base_model"], params, positions)
     _check_shapes(adapter, meta["sites"], folder)
     return adapter
 
@@ -161,6 +168,8 @@ def write_adapter(adapter: AdapterFile, path: str | Path) -> Path:
         "base_model": adapter.base_model,
         "sites": adapter.sites,
     }
+    if adapter.positions is not None:
+        meta["positions"] = adapter.positions
     with atomic_folder(folder) as tmp:
         save_file(
             tensors,
@@ -173,6 +182,11 @@ def write_adapter(adapter: AdapterFile, path: str | Path) -> Path:
 
 def write_peft(adapter: AdapterFile, path: str | Path) -> Path:
     """Write ``adapter`` in PEFT's RoAd format (loadable with ``PeftModel.from_pretrained``)."""
+    if adapter.positions is not None:
+        raise ValueError(
+            "PEFT's RoAd adapts linear layers only; this adapter acts on module outputs at "
+            f"positions {adapter.positions}: save it in road_interp's format"
+        )
     folder = Path(path)
     tensors: dict[str, Tensor] = {}
     for site, (theta, alpha) in adapter.params.items():
@@ -199,11 +213,20 @@ def write_peft(adapter: AdapterFile, path: str | Path) -> Path:
 # -- with a model -------------------------------------------------------------------------------
 def adapter_from_model(model, name: str) -> AdapterFile:
     """Snapshot adapter ``name`` of a `RoadModel` (tensors are detached copies)."""
+    sites = model.sites_of(name)
     params = {
         site: (a.adapter(name).theta.detach().clone(), a.adapter(name).alpha.detach().clone())
-        for site, a in model.sites_of(name).items()
+        for site, a in sites.items()
     }
-    return AdapterFile(model.configs[name], model.base_model_identity, params)
+    positions = {str(p) for a in sites.values() if (p := getattr(a, "positions", None))}
+    if len(positions) > 1:
+        raise ValueError(f"adapter {name!r} acts at several positions {sorted(positions)}")
+    return AdapterFile(
+        model.configs[name],
+        model.base_model_identity,
+        params,
+        positions.pop() if positions else None,
+    )
 
 
 def save_adapter(model, name: str, path: str | Path, *, peft: bool = False) -> Path:
@@ -240,6 +263,11 @@ def load_adapter(model, path: str | Path, name: str | None = None, *, activate: 
     """Load an adapter folder (ours or PEFT's) into a `RoadModel` as ``name`` (default: the
     folder's name). Everything is checked before the model changes. Returns the name."""
     adapter = read_adapter(path)
+    if adapter.positions is not None:
+        raise ValueError(
+            f"{path} acts on module outputs at positions {adapter.positions}, not on linear "
+            "layers; load it with road_interp.representation.load_output_adapter"
+        )
     name = name or Path(path).name
     check_compatible(model, adapter, where=str(path))
     add_adapter_file(model, adapter, name, activate=activate)

@@ -20,14 +20,24 @@ are those with attention_mask = 1, so left and right padding both work. During g
 decode steps (a non-empty cache) are rotated only for ``all``; prompt positions act through
 the cache, as in pyvene's ``intervene_on_prompt``.
 
+Under teacher forcing (training, log-likelihood scoring) the input is prompt + answer, so the
+attention mask alone would put "the last prompt token" at the end of the answer. Inside
+`prompt_tokens(mask)` the sites take the prompt to be the tokens where ``mask`` (B, L) is True;
+`road_interp.evaluation.answer_logprobs` (and so the training loop) sets it from the labels
+(prompt = real tokens whose label is -100). A site therefore rotates the same token in
+training as in generation.
+
 The site sits in the target module as the child ``road_output``, so its path is
 ``<module path>.road_output`` (e.g. ``model.layers.15.road_output``); adapter files use that
-path. Positions are not stored in adapter files: pass them again to `load_output_adapter`.
+path and store the positions (``"positions": "last:1"``), which `load_output_adapter` reads.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -75,6 +85,30 @@ class Positions:
 
     def __str__(self) -> str:
         return self.kind if self.kind == "all" else f"{self.kind}:{self.k}"
+
+    @classmethod
+    def parse(cls, text: str) -> Positions:
+        """Inverse of ``str``: ``"all"``, ``"last"`` (k = 1), ``"last:3"``, ``"first:2"``."""
+        kind, _, k = text.partition(":")
+        try:
+            return cls(kind, int(k) if k else 1)
+        except ValueError as err:
+            raise ValueError(f"cannot read positions {text!r}: {err}") from None
+
+
+_PROMPT: ContextVar[Tensor | None] = ContextVar("road_interp_prompt", default=None)
+
+
+@contextmanager
+def prompt_tokens(mask: Tensor) -> Iterator[None]:
+    """Inside, representation sites take the prompt of each row to be its tokens where the
+    bool ``mask`` (B, L) is True (rather than every real token), for inputs of that shape.
+    For teacher forcing: prompt + answer in one forward pass."""
+    token = _PROMPT.set(mask.bool())
+    try:
+        yield
+    finally:
+        _PROMPT.reset(token)
 
 
 class RoadOutput(RoadSite):
@@ -127,7 +161,10 @@ class RoadOutput(RoadSite):
             self._mask = None
             return
         shape = tuple(tokens.shape[:2])
-        if mask is None or tuple(mask.shape) != shape:  # no padding information for these tokens
+        prompt = _PROMPT.get()
+        if prompt is not None and tuple(prompt.shape) == shape:
+            mask = prompt
+        elif mask is None or tuple(mask.shape) != shape:  # no padding information
             mask = torch.ones(shape, dtype=torch.bool, device=tokens.device)
         self._mask = self.positions.mask(mask)
 
@@ -249,9 +286,15 @@ def remove_output_sites(model) -> None:
 
 
 def load_output_adapter(
-    model, path: str | Path, positions: Positions, name: str | None = None, *, activate: bool = True
+    model,
+    path: str | Path,
+    positions: Positions | None = None,
+    name: str | None = None,
+    *,
+    activate: bool = True,
 ) -> str:
-    """Load an adapter folder saved from representation sites back onto the same modules."""
+    """Load an adapter folder saved from representation sites back onto the same modules, at
+    the positions stored in the folder (``positions`` overrides them)."""
     adapter = read_adapter(path)
     name = name or Path(path).name
     suffix = f".{SITE_ATTR}"
@@ -261,6 +304,12 @@ def load_output_adapter(
             f"{path} has sites that are not module outputs ({bad[:3]}); load it with "
             "road_interp.load_adapter instead"
         )
+    if positions is None:
+        if adapter.positions is None:
+            raise ValueError(
+                f"{path} does not say at which token positions it acts; pass positions="
+            )
+        positions = Positions.parse(adapter.positions)
     sizes = set(adapter.sites.values())
     if len(sizes) != 1:
         raise ValueError(f"{path}: representation sites of different sizes {sorted(sizes)}")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from road_interp import RoadConfig, RoadModel, save_adapter
-from road_interp.io import adapter_from_model
+from road_interp import RoadConfig, RoadModel, load_adapter, rotation, save_adapter
+from road_interp.compose import union
+from road_interp.encoding import IGNORE_INDEX, encode_lm
+from road_interp.evaluation import answer_logprobs, pad_left
+from road_interp.io import adapter_from_model, read_adapter, write_peft
 from road_interp.representation import (
     SITE_ATTR,
     Positions,
@@ -87,7 +90,6 @@ def test_generate_rotates_the_prompt_only_for_last_and_every_token_for_all():
     c, s = site.adapter("x").coefficients()
     seq, m = ids.clone(), mask.clone()
     layer = model.model.model.layers[1]
-    from road_interp import rotation
 
     def rotate_prompt_last(module, args, output):
         h = output[0] if isinstance(output, tuple) else output
@@ -167,8 +169,10 @@ def test_save_load_round_trip(tmp_path):
     model = RoadModel(tiny_llama())
     add_output_adapter(model, "x", CONFIG, Positions("last"), seed=5)
     save_adapter(model, "x", tmp_path / "x")
+    assert read_adapter(tmp_path / "x").positions == "last:1"
     fresh = RoadModel(tiny_llama())
-    load_output_adapter(fresh, tmp_path / "x", Positions("last"))
+    load_output_adapter(fresh, tmp_path / "x")  # the positions come from the folder
+    assert output_sites(fresh)[f"model.layers.1.{SITE_ATTR}"].positions == Positions("last")
     with torch.no_grad():
         assert torch.equal(
             model(input_ids=ids, attention_mask=mask).logits,
@@ -200,3 +204,97 @@ def test_bad_targets_sizes_and_positions_give_clear_errors(input_ids):
     )
     with pytest.raises(ValueError, match="Positions\\('all'\\)"):
         bert(input_ids)
+
+
+def rotate_tokens_hook(c, s, columns):
+    """Forward hook rotating, in row b, only token ``columns[b]`` of the output (reference)."""
+
+    def hook(module, args, output):
+        h = (output[0] if isinstance(output, tuple) else output).clone()
+        rows = torch.arange(h.shape[0])
+        h[rows, columns] = rotation.apply(h[rows, columns], c, s, 2)
+        return h
+
+    return hook
+
+
+def test_teacher_forcing_rotates_the_last_prompt_token_not_the_last_answer_token():
+    """Training scores prompt + answer in one pass; `answer_logprobs` must make a "last prompt
+    token" site act where it acts in generation: a reference hook on exactly that token agrees."""
+    gen = torch.Generator().manual_seed(2)
+    items = []
+    for prompt_len, answer_len in ((7, 3), (4, 5)):
+        prompt = torch.randint(1, 96, (prompt_len,), generator=gen).tolist()
+        answer = torch.randint(1, 96, (answer_len,), generator=gen).tolist()
+        items.append({"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * prompt_len + answer})
+    batch = pad_left(items, pad_id=0)  # widths 10 and 9: row 1 has one pad token
+    last_prompt = torch.tensor([6, 1 + 3])
+    model = RoadModel(tiny_llama())
+    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=4)
+    c, s = output_sites(model)[f"model.layers.1.{SITE_ATTR}"].adapter("x").coefficients()
+    layer = model.model.model.layers[1]
+    with torch.no_grad():
+        ours, mask = answer_logprobs(model, batch)
+        with model.disabled():
+            handle = layer.register_forward_hook(rotate_tokens_hook(c, s, last_prompt))
+            try:
+                reference, _ = answer_logprobs(model, batch)
+            finally:
+                handle.remove()
+            base, _ = answer_logprobs(model, batch)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    # rotating the last token of the input (the old behaviour) changes no answer score at all
+    assert not torch.allclose(ours[mask], base[mask], atol=1e-4)
+
+
+def test_positions_travel_with_the_adapter_and_mismatches_are_clear_errors(tmp_path):
+    model = RoadModel(tiny_llama())
+    add_output_adapter(model, "last", CONFIG, Positions("last", 2), seed=1)
+    add_output_adapter(
+        model, "all", replace_targets(CONFIG, "model.layers.0"), Positions("all"), seed=2
+    )
+    last, every = adapter_from_model(model, "last"), adapter_from_model(model, "all")
+    assert (last.positions, every.positions) == ("last:2", "all")
+    with pytest.raises(ValueError, match="same token positions"):
+        union({"last": last, "all": every})
+    with pytest.raises(ValueError, match="linear layers only"):
+        write_peft(last, tmp_path / "peft")
+    save_adapter(model, "last", tmp_path / "last")
+    with pytest.raises(ValueError, match="load_output_adapter"):
+        load_adapter(RoadModel(tiny_llama()), tmp_path / "last")
+    assert not (tmp_path / "peft").exists()
+
+
+def replace_targets(config: RoadConfig, target: str) -> RoadConfig:
+    return RoadConfig(config.variant, config.group_size, (target,), config.init)
+
+
+@pytest.mark.real
+def test_smollm2_last_prompt_token_site_scores_the_answer_as_generation_predicts_it(
+    real_smollm2,
+):
+    """On the real model: the log-probability training gives the first answer token equals the
+    log-softmax of the generation step that predicts it (prefill of the prompt alone)."""
+    hf, tok = real_smollm2
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Is this review positive or negative? Great food."}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    item = encode_lm(tok, prompt, "positive", max_length=128, add_eos=True)
+    batch = pad_left([item], tok.pad_token_id)
+    model = RoadModel(hf)
+    try:
+        config = RoadConfig("road_1", 2, ("model.layers.15",), "random")
+        add_output_adapter(model, "x", config, Positions("last"), seed=0)
+        n = item["labels"].count(IGNORE_INDEX)
+        with torch.no_grad():
+            logp, _ = answer_logprobs(model, batch)
+            prefill = model(input_ids=torch.tensor([item["input_ids"][:n]])).logits[0, -1]
+            with model.disabled():
+                base, _ = answer_logprobs(model, batch)
+        expected = torch.log_softmax(prefill.float(), -1)[item["input_ids"][n]]
+        torch.testing.assert_close(logp[0, 0], expected, rtol=0, atol=1e-4)
+        assert abs(float(logp[0, 0] - base[0, 0])) > 1e-3
+    finally:
+        model.remove()

@@ -211,7 +211,7 @@ class E1:
         """Write ``adapter`` to ``folder`` and load it into a fresh model (a save/load trip)."""
         write_adapter(adapter, folder)
         model = self.road_model()
-        load_output_adapter(model, folder, self.positions())
+        load_output_adapter(model, folder)
         return model
 
     def joint(self, skills: tuple[Subspace, Subspace]) -> AdapterFile:
