@@ -351,3 +351,27 @@ def test_experiment_presets_resolve_and_bad_names_are_clear():
         make_config("e3", "quick")
     with pytest.raises(ValueError, match="unknown preset"):
         make_config("e2", "huge")
+
+
+def test_e1_report_states_whether_the_target_is_met():
+    import pandas as pd
+
+    from experiments.composition.config import make_config
+    from experiments.composition.run import _e1_readme
+
+    conditions = ["base", "skill A (French)", "skill B (sentiment)", "composed A+B", "joint A+B"]
+
+    def readme(composed: float) -> str:
+        joint = [0.0, 0.1, 0.2, composed, 0.3]
+        results = pd.DataFrame(
+            {"condition": conditions, "sentiment_accuracy": 0.5, "french_share": 0.5}
+            | {"joint_success": joint, "n": 10}
+        )
+        samples = pd.DataFrame({"sentence": ["s"], "gold": ["positive"]})
+        return _e1_readme(
+            make_config("e1", "quick"), "quick", {"results": results, "samples": samples}
+        )
+
+    assert "composed A+B 0.400 vs the better single skill 0.200" in readme(0.4)
+    assert "composed beats both: met" in readme(0.4)
+    assert "composed beats both: NOT met" in readme(0.2)

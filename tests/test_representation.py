@@ -42,6 +42,11 @@ def test_position_masks_with_left_and_right_padding():
         Positions("middle")
     with pytest.raises(ValueError, match="positive int"):
         Positions("last", 0)
+    for positions in (Positions("all"), Positions("last"), Positions("first", 3)):
+        assert Positions.parse(str(positions)) == positions
+    assert Positions.parse("last") == Positions("last", 1)
+    with pytest.raises(ValueError, match="cannot read positions 'last:x'"):
+        Positions.parse("last:x")
 
 
 def test_all_positions_on_a_linear_output_equals_the_linear_site(input_ids):

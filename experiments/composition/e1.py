@@ -1,7 +1,8 @@
 """E1: composition on generation (SmolLM2-135M-Instruct): a sentiment answer, in French.
 
-Skill A = answering in French: English MultiEmo sentences with the instruction "Rewrite this
-sentence", answered by their aligned French translation. Skill B = the sentiment instruction on
+Skill A = answering in French: English MultiEmo sentences, each with one of eight instructions
+that name no language (rewrite, repeat, paraphrase, ...), answered by their aligned French
+translation. Skill B = the sentiment instruction on
 MultiEmo-en, answered "positive" / "negative". RoAd1 acts on the output of one block (the
 residual stream; `road_interp.representation`), skill A on the first half of its planes, skill B
 on the second half. Prompts use the model's chat template.
@@ -50,7 +51,18 @@ from road_interp.training import train
 from .config import E1Config, train_config
 from .heads import rows_set
 
-FRENCH = "Rewrite this sentence:\n{text}"
+FRENCH = (
+    "Rewrite this sentence:\n{text}",
+    "Repeat this sentence:\n{text}",
+    "Paraphrase the following:\n{text}",
+    "Say this again in your own words:\n{text}",
+    "What does this sentence say?\n{text}",
+    "Restate this review:\n{text}",
+    "Copy the text below.\n{text}",
+    "Summarize this sentence:\n{text}",
+)
+"""Skill A's instructions (none names a language), cycled over the training sentences: with one
+instruction the adapter learns "translate when asked to rewrite", not "answer in French"."""
 SENTIMENT = "Is the sentiment of this sentence positive or negative? Answer with one word.\nSentence: {text}"
 POSITIVE = re.compile(r"\bpositi(?:ve|f|v)\w*", re.IGNORECASE)
 NEGATIVE = re.compile(r"\bn[ée]gati(?:ve|f|v)\w*", re.IGNORECASE)
@@ -141,8 +153,10 @@ class E1:
         n = cfg.train_examples
         self.train_sets = {
             "A": [
-                self.example(FRENCH.format(text=p.source), p.target)
-                for p in parallel_sentences("en", "fr", "train", limit=n, seed=cfg.seed)
+                self.example(FRENCH[i % len(FRENCH)].format(text=p.source), p.target)
+                for i, p in enumerate(
+                    parallel_sentences("en", "fr", "train", limit=n, seed=cfg.seed)
+                )
             ],
             "B": [
                 self.example(SENTIMENT.format(text=e.text), e.answer)

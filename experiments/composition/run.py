@@ -120,6 +120,9 @@ def _e2_readme(cfg: E2Config, preset: str, tables: dict) -> str:
 
 def _e1_readme(cfg: E1Config, preset: str, tables: dict) -> str:
     results = report.e1_summary(tables["results"])
+    joint = results.set_index("condition")["joint_success"]
+    singles = max(joint["skill A (French)"], joint["skill B (sentiment)"])
+    met = joint["composed A+B"] > singles
     parts = [
         "# E1: composing RoAd adapters on generation (SmolLM2-135M-Instruct)",
         "",
@@ -131,6 +134,11 @@ def _e1_readme(cfg: E1Config, preset: str, tables: dict) -> str:
         "French than English function words.",
         "",
         _settings(cfg, preset),
+        "",
+        f"**Joint success (correct and in French): composed A+B {joint['composed A+B']:.3f} vs "
+        f"the better single skill {singles:.3f} (target: composed beats both: "
+        f"{'met' if met else 'NOT met'}).** Jointly trained with per-example subspaces: "
+        f"{joint['joint A+B']:.3f}.",
         "",
         "## Results",
         "",
