@@ -368,9 +368,9 @@ def test_e1_report_states_whether_the_target_is_met():
             | {"joint_success": joint, "n": 10}
         )
         samples = pd.DataFrame({"sentence": ["s"], "gold": ["positive"]})
-        return _e1_readme(
-            make_config("e1", "quick"), "quick", {"results": results, "samples": samples}
-        )
+        skill_a = pd.DataFrame({"message": ["Repeat this:\nHi"]} | {c: ["x"] for c in conditions})
+        tables = {"results": results, "samples": samples, "skill_a_answers": skill_a}
+        return _e1_readme(make_config("e1", "quick"), "quick", tables)
 
     assert "composed A+B 0.400 vs the better single skill 0.200" in readme(0.4)
     assert "composed beats both: met" in readme(0.4)

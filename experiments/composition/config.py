@@ -42,16 +42,19 @@ class E1Config:
     """training examples per skill"""
     eval_examples: int = 200
     """held-out (test split) sentences"""
+    skill_a_eval: int = 48
+    """held-out sentences asked with skill A's own instructions (did skill A learn?)"""
     steps: int = 120
     batch_size: int = 8
     max_length: int = 128
-    lr: float = 3e-3
-    layers: tuple[int, ...] = (15,)
-    """blocks whose output (residual stream) is adapted; the paper used one middle block"""
+    lr: float = 1e-2
+    layers: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
+    """blocks whose output (residual stream) is adapted (the paper used one middle block of
+    LLaMA-7B; on the 135M model one block did not carry French to new instructions)"""
     positions: str = "all"
     """token positions of the representation site: all, or last (the last prompt token)"""
     loreft_rank: int = 4
-    loreft_lr: float = 3e-3
+    loreft_lr: float = 1e-2
     max_new_tokens: int = 12
     seed: int = 0
 
@@ -75,6 +78,7 @@ PRESETS: dict[str, dict[str, dict[str, object]]] = {
         "quick": dict(
             train_examples=192,
             eval_examples=60,
+            skill_a_eval=16,
             steps=24,
             max_length=80,
             layers=(9, 12, 15, 18, 21),

@@ -21,7 +21,10 @@ Metrics on held-out (test) sentences with the sentiment instruction, greedy answ
 - ``french_share``: the answer is French: it holds an unambiguously French sentiment word
   (positif, négatif, négative; "positive" is both English and French, so it does not count),
   or more French than English function words;
-- ``joint_success``: both.
+- ``joint_success``: both;
+- ``french_share_on_skill_a_prompts``: the French share of the answers to skill A's own
+  instructions on held-out sentences (whether skill A was learned at all, apart from whether
+  it carries over to the sentiment instruction).
 """
 
 from __future__ import annotations
@@ -133,6 +136,10 @@ def is_french(answer: str) -> bool:
     return fr > en
 
 
+def french_share(answers: Sequence[str]) -> float:
+    return sum(map(is_french, answers)) / max(1, len(answers))
+
+
 def score_answers(answers: Sequence[str], gold: Sequence[str]) -> dict[str, float]:
     correct = [sentiment_of(a) == g for a, g in zip(answers, gold, strict=True)]
     french = [is_french(a) for a in answers]
@@ -165,6 +172,11 @@ class E1:
         }
         test = sentiment.examples("test", cfg.eval_examples)
         self.test_prompts = [self.chat(SENTIMENT.format(text=e.text)) for e in test]
+        held_out = parallel_sentences("en", "fr", "test", limit=cfg.skill_a_eval, seed=cfg.seed)
+        self.skill_a_messages = [
+            FRENCH[i % len(FRENCH)].format(text=p.source) for i, p in enumerate(held_out)
+        ]
+        self.skill_a_prompts = [self.chat(m) for m in self.skill_a_messages]
         self.test_gold = [e.answer for e in test]
         self.test_text = [e.text for e in test]
 
@@ -192,9 +204,10 @@ class E1:
     def positions(self) -> Positions:
         return Positions(self.cfg.positions)
 
-    def answers(self, model: nn.Module) -> list[str]:
+    def answers(self, model: nn.Module, prompts: list[str] | None = None) -> list[str]:
+        """Greedy answers to ``prompts`` (default: the sentiment test prompts)."""
         out: list[str] = []
-        prompts = self.test_prompts
+        prompts = self.test_prompts if prompts is None else prompts
         for start in tqdm(
             range(0, len(prompts), 16), desc="generate", disable=not self.progress, leave=False
         ):
@@ -248,7 +261,8 @@ class E1:
         )
         return adapter_from_model(model, "AB")
 
-    def loreft(self) -> list[str]:
+    def loreft(self) -> tuple[list[str], list[str]]:
+        """Answers to the sentiment test prompts and to skill A's held-out prompts."""
         cfg = self.cfg
         model = load_model("smollm2", task="causal-lm")
         for p in model.parameters():
@@ -281,7 +295,7 @@ class E1:
             )
             model.eval()
             with torch.no_grad():
-                return self.answers(model)
+                return self.answers(model), self.answers(model, self.skill_a_prompts)
 
 
 class _Rows(nn.Module):
@@ -327,10 +341,12 @@ def run_e1(cfg: E1Config, out: Path, progress: bool = True) -> dict[str, pd.Data
         runs = Path(tmp)
         exp = E1(cfg, runs, progress)
         answers: dict[str, list[str]] = {}
+        a_answers: dict[str, list[str]] = {}
         base = exp.road_model()
         base.eval()
         with torch.no_grad():
             answers["base"] = exp.answers(base)
+            a_answers["base"] = exp.answers(base, exp.skill_a_prompts)
         sizes = {f"model.layers.{i}.road_output": base.model.config.hidden_size for i in cfg.layers}
         skills = (Subspace.part(sizes, 0, 2, "A"), Subspace.part(sizes, 1, 2, "B"))
         adapters = {
@@ -346,14 +362,28 @@ def run_e1(cfg: E1Config, out: Path, progress: bool = True) -> dict[str, pd.Data
             model.eval()
             with torch.no_grad():
                 answers[name] = exp.answers(model)
-        answers["loreft A+B"] = exp.loreft()
-    rows = [{"condition": name, **score_answers(a, exp.test_gold)} for name, a in answers.items()]
+                a_answers[name] = exp.answers(model, exp.skill_a_prompts)
+        answers["loreft A+B"], a_answers["loreft A+B"] = exp.loreft()
+    rows = [
+        {
+            "condition": name,
+            **score_answers(a, exp.test_gold),
+            "french_share_on_skill_a_prompts": french_share(a_answers[name]),
+        }
+        for name, a in answers.items()
+    ]
     samples = pd.DataFrame(
         {"sentence": [t[:80] for t in exp.test_text[:6]], "gold": exp.test_gold[:6]}
         | {name: [a[:60] for a in ans[:6]] for name, ans in answers.items()}
     )
     every = pd.DataFrame({"sentence": exp.test_text, "gold": exp.test_gold} | answers)
-    return {"results": pd.DataFrame(rows), "samples": samples, "answers": every}
+    skill_a = pd.DataFrame({"message": exp.skill_a_messages} | a_answers)
+    return {
+        "results": pd.DataFrame(rows),
+        "samples": samples,
+        "answers": every,
+        "skill_a_answers": skill_a,
+    }
 
 
 def _slug(name: str) -> str:

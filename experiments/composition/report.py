@@ -75,7 +75,12 @@ def e1_summary(results: pd.DataFrame) -> pd.DataFrame:
 
 def e1_figure(results: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(8, 4))
-    metrics = ["sentiment_accuracy", "french_share", "joint_success"]
+    metrics = [
+        "sentiment_accuracy",
+        "french_share",
+        "joint_success",
+        "french_share_on_skill_a_prompts",
+    ]
     e1_summary(results).set_index("condition")[metrics].plot.bar(ax=ax, rot=20)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of held-out sentences")

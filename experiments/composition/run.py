@@ -149,6 +149,14 @@ def _e1_readme(cfg: E1Config, preset: str, tables: dict) -> str:
         "## Sample answers",
         "",
         report.markdown_table(tables["samples"]),
+        "",
+        "## Skill A's own instructions (held-out sentences)",
+        "",
+        report.markdown_table(
+            tables["skill_a_answers"]
+            .head(4)[["message", "base", "skill A (French)", "composed A+B"]]
+            .map(lambda text: " ".join(str(text).split())[:70])
+        ),
     ]
     return "\n".join(parts)
 
