@@ -49,8 +49,8 @@ class E1Config:
     max_length: int = 128
     lr: float = 1e-2
     layers: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
-    """blocks whose output (residual stream) is adapted (the paper used one middle block of
-    LLaMA-7B; on the 135M model one block did not carry French to new instructions)"""
+    """blocks whose output (residual stream) is adapted. The paper used one middle block of
+    LLaMA-7B; for the 135M model every third block is adapted (one block was not tried)."""
     positions: str = "all"
     """token positions of the representation site: all, or last (the last prompt token)"""
     loreft_rank: int = 4
