@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -375,3 +377,17 @@ def test_e1_report_states_whether_the_target_is_met():
     assert "composed A+B 0.400 vs the better single skill 0.200" in readme(0.4)
     assert "composed beats both: met" in readme(0.4)
     assert "composed beats both: NOT met" in readme(0.2)
+
+
+def test_probe_overrides_and_a_one_step_probe_run(capsys):
+    from experiments.composition.config import make_config
+    from experiments.composition.probe import main, with_overrides
+
+    cfg = with_overrides(make_config("e1", "quick"), ["lr=0.05", "layers=(3, 6)", "positions=last"])
+    assert (cfg.lr, cfg.layers, cfg.positions) == (0.05, (3, 6), "last")
+    with pytest.raises(SystemExit, match="key one of"):
+        with_overrides(cfg, ["learning_rate=1"])
+    settings = ["steps=1", "train_examples=8", "eval_examples=6", "batch_size=4"]
+    assert main(["e2", "B", "--preset", "quick", "--set", *settings, "--planes", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["majority"] <= 1.0

@@ -46,7 +46,12 @@ from road_interp.compose import union
 from road_interp.evaluation import generate_answers
 from road_interp.io import AdapterFile, adapter_from_model, write_adapter
 from road_interp.pyvene_view import LoreftIntervention
-from road_interp.representation import Positions, add_output_adapter, load_output_adapter
+from road_interp.representation import (
+    SITE_ATTR,
+    Positions,
+    add_output_adapter,
+    load_output_adapter,
+)
 from road_interp.subspaces import Subspace, route_subspaces, train_on
 from road_interp.tasks import Example, get_task, parallel_sentences
 from road_interp.training import train
@@ -54,6 +59,8 @@ from road_interp.training import train
 from .config import E1Config, train_config
 from .heads import rows_set
 
+HIDDEN = 576
+"""SmolLM2-135M's hidden size (the size of every block output)."""
 FRENCH = (
     "Rewrite this sentence:\n{text}",
     "Repeat this sentence:\n{text}",
@@ -196,6 +203,11 @@ class E1:
             e.text: 1 for e in self.train_sets["B"]
         }
         return out, task_of
+
+    def subspaces(self) -> tuple[Subspace, Subspace]:
+        """Skill A on the first half of every site's planes, skill B on the second."""
+        sizes = {f"model.layers.{i}.{SITE_ATTR}": HIDDEN for i in self.cfg.layers}
+        return Subspace.part(sizes, 0, 2, "A"), Subspace.part(sizes, 1, 2, "B")
 
     def site_config(self) -> RoadConfig:
         targets = tuple(f"model.layers.{i}" for i in self.cfg.layers)
@@ -347,8 +359,7 @@ def run_e1(cfg: E1Config, out: Path, progress: bool = True) -> dict[str, pd.Data
         with torch.no_grad():
             answers["base"] = exp.answers(base)
             a_answers["base"] = exp.answers(base, exp.skill_a_prompts)
-        sizes = {f"model.layers.{i}.road_output": base.model.config.hidden_size for i in cfg.layers}
-        skills = (Subspace.part(sizes, 0, 2, "A"), Subspace.part(sizes, 1, 2, "B"))
+        skills = exp.subspaces()
         adapters = {
             "skill A (French)": exp.skill("A", skills[0]),
             "skill B (sentiment)": exp.skill("B", skills[1]),
