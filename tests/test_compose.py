@@ -391,3 +391,29 @@ def test_probe_overrides_and_a_one_step_probe_run(capsys):
     assert main(["e2", "B", "--preset", "quick", "--set", *settings, "--planes", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["majority"] <= 1.0
+
+
+def test_e2_report_verdict_covers_missed_undefined_and_met_targets():
+    import pandas as pd
+
+    from experiments.composition.config import make_config
+    from experiments.composition.run import _e2_readme
+
+    def readme(share_a: float, share_b: float) -> str:
+        rows = [
+            {"condition": c, "overlap": 0.0, "task": t, "accuracy": 0.7, "task_name": n}
+            | {"base_accuracy": 0.5, "skill_accuracy": 0.8, "retained_share": share}
+            for c in ("skill", "composed", "joint")
+            for t, n, share in (("A", "multiemo_en", share_a), ("B", "vitaminc", share_b))
+        ]
+        tables = {
+            "results": pd.DataFrame(rows),
+            "interchange": pd.DataFrame(),
+            "params": pd.DataFrame(),
+        }
+        return _e2_readme(make_config("e2", "quick"), "quick", tables)
+
+    assert "target: >= 95% each: met" in readme(0.97, 1.0)
+    assert "target: >= 95% each: NOT met" in readme(0.905, float("nan"))
+    text = readme(0.99, float("nan"))
+    assert "not established" in text and "vitaminc undefined (no gain over base)" in text
