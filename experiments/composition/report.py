@@ -51,7 +51,8 @@ def e2_figure(results: pd.DataFrame) -> Figure:
     pivot.plot.bar(ax=right, rot=0)
     right.set_ylabel("test accuracy")
     right.set_title("accuracy at overlap 0 (LoReFT: joint, 2 partitions)")
-    right.set_ylim(0, 1)
+    right.set_ylim(0, 1.15)
+    right.legend(loc="upper center", ncols=2, fontsize=8)
     fig.tight_layout()
     return fig
 
