@@ -26,12 +26,16 @@ per-row position lists.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import pandas as pd
-import pyvene as pv
 import torch
+
+with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints a note about nnsight on import
+    import pyvene as pv
 from pyvene.models.interventions import (
     DistributedRepresentationIntervention,
     Intervention,
