@@ -188,5 +188,9 @@ def load_model(
         )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = load_tokenizer(name_or_path).pad_token_id
+    if name_or_path in EMBEDDED:
+        # adapter files record this; the short name is the same on every machine, a cache
+        # path is not (adapters made on two machines must still compose)
+        model.config._name_or_path = name_or_path
     model.eval()
     return model

@@ -90,3 +90,22 @@ def test_parameter_efficiency_matches_design(real):
         assert total["pct_of_base"] == pytest.approx(expected_pct[type(model).__name__], abs=0.001)
     finally:
         road.remove()
+
+
+def test_adapters_name_the_embedded_model_the_same_on_every_machine(tmp_path, real_smollm2):
+    """Files record the short name, not the cache path, so adapters trained on two machines
+    (two caches) compose, and the committed measured adapters match fresh ones."""
+    from road_interp.io import read_adapter
+
+    hf, _ = real_smollm2
+    model = RoadModel(hf)
+    try:
+        model.add_adapter("a", RoadConfig(targets=("q_proj",)))
+        identity = read_adapter(save_adapter(model, "a", tmp_path / "a")).base_model
+    finally:
+        model.remove()
+    assert identity == {
+        "model_type": "llama",
+        "architecture": "LlamaForCausalLM",
+        "name_or_path": "smollm2",
+    }
