@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -417,3 +419,29 @@ def test_e2_report_verdict_covers_missed_undefined_and_met_targets():
     assert "target: >= 95% each: NOT met" in readme(0.905, float("nan"))
     text = readme(0.99, float("nan"))
     assert "not established" in text and "vitaminc undefined (no gain over base)" in text
+
+
+def test_strength_sweep_at_one_is_the_runs_composed_adapter(tmp_path, capsys):
+    """The committed E1 run: union of its saved skills at λ = 1 is its saved composed adapter
+    exactly; a one-prompt sweep runs end to end; bad scales are clear errors."""
+    from experiments.composition import strength
+
+    run = Path(__file__).parents[1] / "experiments/composition/measured/e1-default"
+    skills = {k: read_adapter(run / "adapters" / f) for k, f in strength.SKILL_FOLDERS.items()}
+    composed = read_adapter(run / "adapters" / "composed_a_b")
+    rebuilt = union({k: scale(a, 1.0) for k, a in skills.items()})
+    assert rebuilt.positions == composed.positions == "all"
+    for site, (theta, alpha) in composed.params.items():
+        assert torch.equal(rebuilt.params[site][0], theta)
+        assert torch.equal(rebuilt.params[site][1], alpha)
+    small = tmp_path / "run"
+    small.mkdir()
+    (small / "adapters").symlink_to((run / "adapters").resolve())
+    settings = json.loads((run / "config.json").read_text())
+    settings |= {"eval_examples": 2, "skill_a_eval": 1, "max_new_tokens": 2}
+    (small / "config.json").write_text(json.dumps(settings))
+    assert strength.main([str(small), "--scales", "2:0.5", "-o", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "strength.csv")
+    assert table[["lambda_A", "lambda_B", "n"]].values.tolist() == [[2.0, 0.5, 2]]
+    with pytest.raises(SystemExit, match="'a:b'"):
+        strength.parse_scales(["2"])
