@@ -14,7 +14,10 @@ partition per skill).
 
     python -m experiments.composition.run --experiment e2 --preset quick -o results/composition
 
-or, from Python, ``run_experiment("e2", "quick", out_dir)``.
+or, from Python, ``run_experiment("e2", "quick", out_dir)``. Two helpers:
+``python -m experiments.composition.probe`` trains and scores one skill alone (to size a
+preset), ``python -m experiments.composition.strength`` composes a finished E1 run's skills at
+other strengths. What was measured: ``measured/NOTES.md``.
 """
 
 from .run import EXPERIMENTS, run_experiment
