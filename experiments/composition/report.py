@@ -83,7 +83,8 @@ def e1_figure(results: pd.DataFrame) -> Figure:
         "french_share_on_skill_a_prompts",
     ]
     e1_summary(results).set_index("condition")[metrics].plot.bar(ax=ax, rot=20)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.25)
+    ax.legend(loc="upper center", ncols=2, fontsize=8)
     ax.set_ylabel("share of held-out sentences")
     ax.set_title("E1: sentiment instruction answered in French (SmolLM2-135M)")
     fig.tight_layout()
