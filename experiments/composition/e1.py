@@ -2,10 +2,10 @@
 
 Skill A = answering in French: English MultiEmo sentences, each with one of eight instructions
 that name no language (rewrite, repeat, paraphrase, ...), answered by their aligned French
-translation. Skill B = the sentiment instruction on
-MultiEmo-en, answered "positive" / "negative". RoAd1 acts on the output of one block (the
-residual stream; `road_interp.representation`), skill A on the first half of its planes, skill B
-on the second half. Prompts use the model's chat template.
+translation. Skill B = the sentiment instruction on MultiEmo-en, answered "positive" /
+"negative". RoAd1 acts on the outputs of the blocks ``E1Config.layers`` (the residual stream;
+`road_interp.representation`), skill A on the first half of each site's planes, skill B on
+the second half. Prompts use the model's chat template.
 
 Conditions: base, skill A, skill B, composed (`union` of A and B), joint (one adapter, per-
 example subspace routing, both tasks mixed), and LoReFT (the same `LoreftIntervention` class
