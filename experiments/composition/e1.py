@@ -143,6 +143,11 @@ def is_french(answer: str) -> bool:
     return fr > en
 
 
+def french_message(i: int, text: str) -> str:
+    """Skill A's message for the i-th sentence (the instructions are cycled)."""
+    return FRENCH[i % len(FRENCH)].format(text=text)
+
+
 def french_share(answers: Sequence[str]) -> float:
     return sum(map(is_french, answers)) / max(1, len(answers))
 
@@ -167,7 +172,7 @@ class E1:
         n = cfg.train_examples
         self.train_sets = {
             "A": [
-                self.example(FRENCH[i % len(FRENCH)].format(text=p.source), p.target)
+                self.example(french_message(i, p.source), p.target)
                 for i, p in enumerate(
                     parallel_sentences("en", "fr", "train", limit=n, seed=cfg.seed)
                 )
@@ -180,9 +185,7 @@ class E1:
         test = sentiment.examples("test", cfg.eval_examples)
         self.test_prompts = [self.chat(SENTIMENT.format(text=e.text)) for e in test]
         held_out = parallel_sentences("en", "fr", "test", limit=cfg.skill_a_eval, seed=cfg.seed)
-        self.skill_a_messages = [
-            FRENCH[i % len(FRENCH)].format(text=p.source) for i, p in enumerate(held_out)
-        ]
+        self.skill_a_messages = [french_message(i, p.source) for i, p in enumerate(held_out)]
         self.skill_a_prompts = [self.chat(m) for m in self.skill_a_messages]
         self.test_gold = [e.answer for e in test]
         self.test_text = [e.text for e in test]
@@ -227,6 +230,20 @@ class E1:
                 model, self.tok, prompts[start : start + 16], self.cfg.max_new_tokens
             )
         return [a.strip() for a in out]
+
+    def answer_both(self, model: nn.Module) -> tuple[list[str], list[str]]:
+        """Greedy answers (eval mode, no grad) to the sentiment test prompts and to skill A's
+        held-out instructions."""
+        model.eval()
+        with torch.no_grad():
+            return self.answers(model), self.answers(model, self.skill_a_prompts)
+
+    def scores(self, answers: Sequence[str], own: Sequence[str]) -> dict[str, float]:
+        """`score_answers` on the sentiment prompts plus the French share on skill A's own."""
+        return {
+            **score_answers(answers, self.test_gold),
+            "french_share_on_skill_a_prompts": french_share(own),
+        }
 
     # -- conditions ---------------------------------------------------------------------------
     def road_model(self) -> RoadModel:
@@ -305,9 +322,7 @@ class E1:
                 forward_context=routed,
                 resume=False,
             )
-            model.eval()
-            with torch.no_grad():
-                return self.answers(model), self.answers(model, self.skill_a_prompts)
+            return self.answer_both(model)
 
 
 class _Rows(nn.Module):
@@ -354,11 +369,7 @@ def run_e1(cfg: E1Config, out: Path, progress: bool = True) -> dict[str, pd.Data
         exp = E1(cfg, runs, progress)
         answers: dict[str, list[str]] = {}
         a_answers: dict[str, list[str]] = {}
-        base = exp.road_model()
-        base.eval()
-        with torch.no_grad():
-            answers["base"] = exp.answers(base)
-            a_answers["base"] = exp.answers(base, exp.skill_a_prompts)
+        answers["base"], a_answers["base"] = exp.answer_both(exp.road_model())
         skills = exp.subspaces()
         adapters = {
             "skill A (French)": exp.skill("A", skills[0]),
@@ -370,19 +381,9 @@ def run_e1(cfg: E1Config, out: Path, progress: bool = True) -> dict[str, pd.Data
         adapters["joint A+B"] = exp.joint(skills)
         for name, adapter in adapters.items():
             model = exp.with_adapter(adapter, out / "adapters" / _slug(name))
-            model.eval()
-            with torch.no_grad():
-                answers[name] = exp.answers(model)
-                a_answers[name] = exp.answers(model, exp.skill_a_prompts)
+            answers[name], a_answers[name] = exp.answer_both(model)
         answers["loreft A+B"], a_answers["loreft A+B"] = exp.loreft()
-    rows = [
-        {
-            "condition": name,
-            **score_answers(a, exp.test_gold),
-            "french_share_on_skill_a_prompts": french_share(a_answers[name]),
-        }
-        for name, a in answers.items()
-    ]
+    rows = [{"condition": n, **exp.scores(a, a_answers[n])} for n, a in answers.items()]
     samples = pd.DataFrame(
         {"sentence": [t[:80] for t in exp.test_text[:6]], "gold": exp.test_gold[:6]}
         | {name: [a[:60] for a in ans[:6]] for name, ans in answers.items()}

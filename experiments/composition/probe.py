@@ -23,8 +23,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from road_interp.subspaces import Subspace, model_sizes
 
 from .config import PRESETS, E1Config, E2Config, make_config
@@ -59,18 +57,13 @@ def probe_e2(cfg: E2Config, skill: str, planes: float, base: bool, runs: Path) -
 
 
 def probe_e1(cfg: E1Config, skill: str, runs: Path) -> dict[str, Any]:
-    from .e1 import E1, french_share, score_answers
+    from .e1 import E1
 
     exp = E1(cfg, runs, progress=True)
     adapter = exp.skill(skill, exp.subspaces()["AB".index(skill)])
-    model = exp.with_adapter(adapter, runs / "adapter")
-    model.eval()
-    with torch.no_grad():
-        answers = exp.answers(model)
-        own = exp.answers(model, exp.skill_a_prompts)
+    answers, own = exp.answer_both(exp.with_adapter(adapter, runs / "adapter"))
     return {
-        **score_answers(answers, exp.test_gold),
-        "french_share_on_skill_a_prompts": french_share(own),
+        **exp.scores(answers, own),
         "first_answers": answers[:4],
         "first_skill_a_answers": own[:4],
     }

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from road_interp.files import atomic_folder
@@ -127,7 +128,7 @@ def _shares(rows) -> str:
     """'multiemo_en 90.5%, vitaminc undefined (no gain)' for rows with a retained share."""
     return ", ".join(
         f"{r.task_name} {r.retained_share:.1%}"
-        if r.retained_share == r.retained_share  # not NaN
+        if pd.notna(r.retained_share)
         else f"{r.task_name} undefined (no gain over base)"
         for r in rows.itertuples()
     )

@@ -31,7 +31,7 @@ from road_interp.io import read_adapter
 
 from . import report
 from .config import E1Config
-from .e1 import E1, french_share, score_answers
+from .e1 import E1
 
 SKILL_FOLDERS = {"A": "skill_a_french", "B": "skill_b_sentiment"}
 
@@ -73,17 +73,12 @@ def sweep(run: Path, scales: list[tuple[float, float]], progress: bool = True) -
         exp = E1(cfg, Path(tmp), progress)
         for i, (lam_a, lam_b) in enumerate(scales):
             composed = union({"A": scale(skills["A"], lam_a), "B": scale(skills["B"], lam_b)})
-            model = exp.with_adapter(composed, Path(tmp) / f"composed_{i}")
-            model.eval()
-            with torch.no_grad():
-                answers = exp.answers(model)
-                own = exp.answers(model, exp.skill_a_prompts)
+            answers, own = exp.answer_both(exp.with_adapter(composed, Path(tmp) / f"composed_{i}"))
             rows.append(
                 {
                     "lambda_A": lam_a,
                     "lambda_B": lam_b,
-                    **score_answers(answers, exp.test_gold),
-                    "french_share_on_skill_a_prompts": french_share(own),
+                    **exp.scores(answers, own),
                     "sample_answer": answers[1][:60],
                 }
             )
