@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from experiments.machine import describe
+from experiments.machine import describe, load_average
 from road_interp import RoadConfig, load_model, load_tokenizer
 from road_interp.injection import resolve_targets
 from road_interp.model import RoadModel
@@ -85,15 +84,6 @@ def step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], causal: bool
     return step, sum(p.numel() for p in params)
 
 
-def machine() -> dict[str, object]:
-    """The shared machine description plus the load (the CPUs may be shared with others)."""
-    return {
-        **describe(),
-        "platform": platform.platform(),
-        "load_average_1m_at_start": os.getloadavg()[0],
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"])
@@ -106,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    info = machine()
+    info = describe()  # with the load average at the start
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for name in args.models:
@@ -155,7 +145,7 @@ def main() -> None:
             for m, v in ratios["road_vs_peft_lora"].items()
         },
     }
-    info["load_average_1m_at_end"] = os.getloadavg()[0]
+    info["load_average_at_end"] = load_average()
     print(f"\nmachine: {info}")
     print(
         f"batch {args.batch} x {args.seq} tokens, {args.rounds} timed rounds, median seconds per step:"

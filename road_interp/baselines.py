@@ -33,6 +33,7 @@ from .evaluation import evaluate
 from .injection import resolve_targets
 from .model import RoadModel
 from .models import EMBEDDED, load_model, load_tokenizer
+from .rotation import num_params
 from .training import TrainConfig, _coerce, check_keys, head_parameters, train
 
 ROAD_METHODS = ("road_1", "road_2", "road_4")
@@ -110,7 +111,13 @@ def apply_method(model: nn.Module, spec: RunSpec, seed: int = 0) -> nn.Module:
         )
         return road
     if method in ("lora", "lora_matched"):
-        from peft import LoraConfig, get_peft_model
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as err:  # PEFT is an optional extra, only for the LoRA baselines
+            raise ImportError(
+                f"method {method!r} trains PEFT's LoRA, and PEFT is not installed: "
+                "pip install 'road-interp[peft]' (or pip install 'peft>=0.17')"
+            ) from err
 
         rank = spec.lora_r if method == "lora" else matched_lora_rank(model, "road_1")
         targets = resolve_targets(model, RoadConfig())
@@ -123,15 +130,15 @@ def apply_method(model: nn.Module, spec: RunSpec, seed: int = 0) -> nn.Module:
 
 def matched_lora_rank(model: nn.Module, variant: str = "road_1") -> int:
     """The LoRA rank (>= 1) whose parameter count on RoAd's default targets is closest to
-    a RoAd adapter of ``variant``: round(Σ_sites n_θα / Σ_sites (k + d))."""
+    a RoAd adapter of ``variant``: round(Σ_sites n_θα / Σ_sites (k + d)), n_θα = 2 n (θ and
+    α, `road_interp.rotation.num_params`)."""
     modules = dict(model.named_modules())
     per_rank = road = 0
-    factor = {"road_1": 1, "road_2": 2, "road_4": 4}[variant]
     for name in resolve_targets(model, RoadConfig()):
         layer = modules[name]
         d, k = layer.weight.shape  # type: ignore[union-attr]
         per_rank += d + k
-        road += factor * d
+        road += 2 * num_params(variant, d)
     return max(1, round(road / per_rank))
 
 

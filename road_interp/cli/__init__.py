@@ -8,8 +8,9 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("fetch", "train", "evaluate", "demo", "export", "compose", "analyze", "serve-bench")
-"""Modules of `road_interp.cli`, one per command, in --help order."""
+COMMANDS = ("fetch", "train", "evaluate", "demo", "export", "compose", "analyze")
+"""Modules of `road_interp.cli`, one per command, in --help order. Benchmarks are not
+commands: they live in ``experiments/`` (``python -m experiments.bench_batching``, ...)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
