@@ -16,7 +16,11 @@ Every operation works site by site and plane by plane; nothing needs a model.
   (λ = 1), which is not a matrix power of the block. Non-integer λ needs α > 0.
 - `invert(A)`: the inverse. RoAd1: θ → −θ, α → 1/α. RoAd2 and RoAd4 can represent any 2×2
   block, so their inverse is the closed-form block inverse converted back to parameters
-  (`params_from_coefficients`). A zero magnitude (a singular block) is an error.
+  (`road_interp.rotation.Layout.params_from_coefficients`). A zero magnitude (a singular block)
+  is an error.
+
+The per-site math of `product`, `invert`, `support` and `restrict` is the variant's
+`road_interp.rotation.Layout`; this module applies it site by site, in float64.
 
 Adapters combine only if they share variant and group size, were made for the same base model,
 agree on the size of every shared site and (representation adapters) act at the same token
@@ -36,7 +40,8 @@ from torch import Tensor
 
 from . import rotation
 from .io import AdapterFile, read_adapter, write_adapter, write_peft
-from .subspaces import OVERLAP_COLUMNS, Subspace, _overlap_row, param_mask, plane_support
+from .rotation import Layout
+from .subspaces import OVERLAP_COLUMNS, Subspace, _overlap_row
 
 
 class OverlapError(ValueError):
@@ -94,47 +99,10 @@ def _named(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) -> dict[
 
 
 def _with_params(like: AdapterFile, params: dict[str, Params]) -> AdapterFile:
-    config = replace(like.config, targets=tuple(params))
-    return AdapterFile(config, like.base_model, params, like.positions)
+    return replace(like, config=replace(like.config, targets=tuple(params)), params=params)
 
 
-# -- parameters <-> coefficients ----------------------------------------------------------------
-def params_from_coefficients(variant: str, group_size: int, c: Tensor, s: Tensor) -> Params:
-    """(θ, α) of ``variant`` whose coefficients are (c, s), each (d,).
-
-    RoAd2: per coordinate, α = |(c, s)| and θ = atan2(s, c) (any block is representable).
-    RoAd4: the cosine entry gets α = |c|, θ ∈ {0, π}; the sine entry α = |s|, θ = ±π/2, or the
-    identity's (θ, α) = (0, 1) where s = 0. RoAd1: only scaled rotations (c_a = c_b, s_a = s_b)
-    are representable; anything else raises ValueError.
-    """
-    if variant == "road_2":
-        return torch.atan2(s, c), torch.hypot(c, s)
-    if variant == "road_4":
-        theta_c = torch.where(c < 0, torch.full_like(c, math.pi), torch.zeros_like(c))
-        alpha_c = c.abs()
-        theta_s = torch.sign(s) * (math.pi / 2)
-        alpha_s = torch.where(s == 0, torch.ones_like(s), s.abs())
-        theta = torch.stack((theta_c.reshape(-1, group_size), theta_s.reshape(-1, group_size)), 1)
-        alpha = torch.stack((alpha_c.reshape(-1, group_size), alpha_s.reshape(-1, group_size)), 1)
-        return theta.reshape(-1), alpha.reshape(-1)  # (groups, 2, g) flattened
-    if variant == "road_1":
-        a, b = rotation.plane_indices(c.numel(), group_size)
-        tol = 1e-5 * max(1.0, float(c.abs().max()), float(s.abs().max()))
-        if (c[a] - c[b]).abs().max() > tol or (s[a] - s[b]).abs().max() > tol:
-            raise ValueError(
-                "the result is not a scaled rotation in every plane, so RoAd1 cannot represent "
-                "it; use road_2 or road_4 adapters for this operation"
-            )
-        return torch.atan2(s[a], c[a]), torch.hypot(c[a], s[a])
-    raise ValueError(f"unknown RoAd variant {variant!r}")
-
-
-def _coefficients(adapter: AdapterFile, site: str) -> Params:
-    theta, alpha = adapter.params[site]
-    cfg = adapter.config
-    return rotation.coefficients(cfg.variant, cfg.group_size, theta.double(), alpha.double())
-
-
+# -- parameters per site ------------------------------------------------------------------------
 def _identity(adapter: AdapterFile, d: int) -> Params:
     return rotation.identity_params(adapter.config.variant, d, dtype=torch.float64)
 
@@ -146,16 +114,6 @@ def _site_params(adapter: AdapterFile, site: str, d: int) -> Params:
     return _identity(adapter, d)
 
 
-def _product_params(variant: str, group_size: int, first: Params, second: Params) -> Params:
-    """Parameters of R_second R_first at one site (float64)."""
-    if variant == "road_1":
-        return first[0] + second[0], first[1] * second[1]
-    c1, s1 = rotation.coefficients(variant, group_size, *first)
-    c2, s2 = rotation.coefficients(variant, group_size, *second)
-    c, s = rotation.compose((c1, s1), (c2, s2), group_size)
-    return params_from_coefficients(variant, group_size, c, s)
-
-
 def _float32(params: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Params]:
     return {site: (t.float(), a.float()) for site, (t, a) in params.items()}
 
@@ -163,9 +121,9 @@ def _float32(params: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Params]:
 # -- operations ---------------------------------------------------------------------------------
 def support(adapter: AdapterFile, name: str = "") -> Subspace:
     """The planes on which ``adapter`` is not exactly the identity."""
-    cfg = adapter.config
+    layout = Layout.of(adapter.config)
     planes = {
-        site: plane_support(cfg.variant, cfg.group_size, theta, alpha).nonzero().reshape(-1)
+        site: layout.plane_support(theta, alpha).nonzero().reshape(-1)
         for site, (theta, alpha) in adapter.params.items()
     }
     return Subspace(adapter.sites, planes, name)
@@ -174,7 +132,7 @@ def support(adapter: AdapterFile, name: str = "") -> Subspace:
 def restrict(adapter: AdapterFile, subspace: Subspace) -> AdapterFile:
     """``adapter`` on the planes of ``subspace``, the identity on every other plane (sites the
     subspace does not name become the identity)."""
-    cfg = adapter.config
+    layout = Layout.of(adapter.config)
     params = {}
     for site, (theta, alpha) in adapter.params.items():
         if site in subspace.sizes and subspace.sizes[site] != adapter.sites[site]:
@@ -187,7 +145,7 @@ def restrict(adapter: AdapterFile, subspace: Subspace) -> AdapterFile:
             if site in subspace.sizes
             else torch.zeros(adapter.sites[site] // 2, dtype=torch.bool)
         )
-        keep = param_mask(planes, cfg.variant, cfg.group_size)
+        keep = layout.param_mask(planes)
         params[site] = (
             torch.where(keep, theta, torch.zeros_like(theta)),
             torch.where(keep, alpha, torch.ones_like(alpha)),
@@ -243,7 +201,7 @@ def union(
                 report,
             )
     first = next(iter(named.values()))
-    cfg = first.config
+    layout = Layout.of(first.config)
     sizes: dict[str, int] = {}
     for each in named.values():
         sizes.update(each.sites)
@@ -255,12 +213,12 @@ def union(
             if site not in adapter.params:
                 continue
             t, a = _site_params(adapter, site, d)
-            own = plane_support(cfg.variant, cfg.group_size, t, a)
-            only = param_mask(own & ~moved, cfg.variant, cfg.group_size)
-            both = param_mask(own & moved, cfg.variant, cfg.group_size)
+            own = layout.plane_support(t, a)
+            only = layout.param_mask(own & ~moved)
+            both = layout.param_mask(own & moved)
             theta, alpha = torch.where(only, t, theta), torch.where(only, a, alpha)
             if both.any():
-                pt, pa = _product_params(cfg.variant, cfg.group_size, (theta, alpha), (t, a))
+                pt, pa = layout.product((theta, alpha), (t, a))
                 theta, alpha = torch.where(both, pt, theta), torch.where(both, pa, alpha)
             moved |= own
         params[site] = (theta, alpha)
@@ -270,15 +228,10 @@ def union(
 def product(first: AdapterFile, second: AdapterFile) -> AdapterFile:
     """R_second R_first on every plane (``first`` applied first), over the union of sites."""
     check_composable({"first": first, "second": second})
-    cfg = first.config
+    layout = Layout.of(first.config)
     sizes = {**first.sites, **second.sites}
     params = {
-        site: _product_params(
-            cfg.variant,
-            cfg.group_size,
-            _site_params(first, site, d),
-            _site_params(second, site, d),
-        )
+        site: layout.product(_site_params(first, site, d), _site_params(second, site, d))
         for site, d in sizes.items()
     }
     return _with_params(first, _float32(params))
@@ -304,20 +257,13 @@ def scale(adapter: AdapterFile, lam: float) -> AdapterFile:
 
 def invert(adapter: AdapterFile) -> AdapterFile:
     """The adapter whose rotation is the inverse of ``adapter``'s at every site."""
-    cfg = adapter.config
+    layout = Layout.of(adapter.config)
     params = {}
     for site, (theta, alpha) in adapter.params.items():
-        if cfg.variant == "road_1":
-            if bool((alpha == 0).any()):
-                raise ValueError(f"site {site}: a plane has α = 0 (singular); it has no inverse")
-            params[site] = (-theta.double(), 1.0 / alpha.double())
-            continue
-        c, s = _coefficients(adapter, site)
         try:
-            ci, si = rotation.invert(c, s, cfg.group_size)
+            params[site] = layout.inverse(theta.double(), alpha.double())
         except ValueError as err:
             raise ValueError(f"site {site}: {err}") from None
-        params[site] = params_from_coefficients(cfg.variant, cfg.group_size, ci, si)
     return _with_params(adapter, _float32(params))
 
 

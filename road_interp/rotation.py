@@ -3,7 +3,7 @@
 A site vector h ∈ R^d is split into d/2 planes. With ``group_size`` g, inside each group of g
 coordinates, coordinate j pairs with j + g/2 (g = 2: the paper's adjacent pairs (2k, 2k+1);
 g = 64: PEFT's and vLLM's layout). Call the first coordinate of a plane ``a`` and the second
-``b``. Each plane is mapped by its own 2×2 block
+``b`` (`plane_indices`). Each plane is mapped by its own 2×2 block
 
     [z_a]   [ c_a   −s_a ] [h_a]
     [z_b] = [ s_b    c_b ] [h_b]
@@ -11,28 +11,28 @@ g = 64: PEFT's and vLLM's layout). Call the first coordinate of a plane ``a`` an
 which is the element-wise form  z = c ⊙ h + s ⊙ rot(h),  rot(h)_a = −h_b, rot(h)_b = h_a.
 
 The per-coordinate **coefficients** (c, s), two vectors of shape (d,), describe any 2×2 block
-per plane, so they are closed under products and inverses; everything below works on them.
-The **parameters** (θ, α) of a variant map to coefficients as in PEFT's RoAd (so that PEFT
-import/export is a copy of tensors). In the paper's notation the block is
-[[α11 cos θ11, −α12 sin θ12], [α21 sin θ21, α22 cos θ22]]:
-
-- ``road_1``: θ, α of shape (d/2,), laid out (groups, g/2): one (α, θ) per plane, so
-  c_a = c_b = α cos θ and s_a = s_b = α sin θ (a scaled rotation).
-- ``road_2``: θ, α of shape (d,): one (α, θ) per output coordinate i, c_i = α_i cos θ_i,
-  s_i = α_i sin θ_i.
-- ``road_4``: θ, α of shape (2d,), laid out (groups, 2, g): per group, the first g entries give
-  c = α cos θ, the next g give s = α sin θ (all four entries of the block distinct).
+per plane, so they are closed under products and inverses; `apply`, `merge_rows`, `invert` and
+`compose_coefficients` work on them. The **parameters** (θ, α) of a variant map to coefficients
+as in PEFT's RoAd (so that PEFT import/export is a copy of tensors); how each variant stores
+them, and everything that depends on it, is asked of one object, `Layout`.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from .config import VARIANTS
+from .config import VARIANTS, RoadConfig
 
 PARAMS_PER_COORDINATE = {"road_1": 0.5, "road_2": 1, "road_4": 2}
-"""Number of θ (and of α) values per site coordinate, by variant."""
+"""Number of θ (and of α) values per site coordinate, by variant (`Layout` says which)."""
+
+ENTRIES = ("11", "12", "21", "22")
+"""A plane's 2×2 block entries in row-major order, the columns of `Layout.entry_index`:
+"11" = c_a and "22" = c_b are cosine entries, "12" = −s_a and "21" = s_b sine entries."""
 
 
 def check_pairing(d: int, group_size: int) -> None:
@@ -77,23 +77,9 @@ def random_params(
 def coefficients(
     variant: str, group_size: int, theta: Tensor, alpha: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Per-coordinate coefficients (c, s), each of shape (d,), from a variant's (θ, α)."""
-    g2 = group_size // 2
-    if variant == "road_1":
-        # (groups, g/2) -> (groups, 2, g/2): both coordinates of a plane share (α, θ)
-        theta = theta.reshape(-1, 1, g2).expand(-1, 2, g2).reshape(-1)
-        alpha = alpha.reshape(-1, 1, g2).expand(-1, 2, g2).reshape(-1)
-        return alpha * theta.cos(), alpha * theta.sin()
-    if variant == "road_2":
-        return alpha * theta.cos(), alpha * theta.sin()
-    if variant == "road_4":
-        # (groups, 2, g): [:, 0] feeds the cosine column, [:, 1] the sine column
-        theta = theta.reshape(-1, 2, group_size)
-        alpha = alpha.reshape(-1, 2, group_size)
-        return (alpha[:, 0] * theta[:, 0].cos()).reshape(-1), (
-            alpha[:, 1] * theta[:, 1].sin()
-        ).reshape(-1)
-    raise ValueError(f"unknown RoAd variant {variant!r}; choose one of {VARIANTS}")
+    """Per-coordinate coefficients (c, s), each of shape (d,), from a variant's (θ, α)
+    (`Layout.coefficients`)."""
+    return Layout(variant, group_size).coefficients(theta, alpha)
 
 
 def rotate_half(h: Tensor, group_size: int) -> Tensor:
@@ -151,10 +137,10 @@ def invert(c: Tensor, s: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
     return partner(c, group_size) / det, -s / det
 
 
-def compose(
+def compose_coefficients(
     first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor], group_size: int
 ) -> tuple[Tensor, Tensor]:
-    """Coefficients of R2 R1 (``first`` applied first), block by block.
+    """Coefficients of the product R2 R1 (``first`` applied first), block by block.
 
     With M = [[c_a, −s_a], [s_b, c_b]], the product M2 M1 is again of that form with
     c = c2 c1 − s2 partner(s1) and s = c2 s1 + s2 partner(c1) at every coordinate.
@@ -171,3 +157,186 @@ def plane_indices(d: int, group_size: int) -> tuple[Tensor, Tensor]:
     check_pairing(d, group_size)
     idx = torch.arange(d).reshape(-1, 2, group_size // 2)
     return idx[:, 0].reshape(-1), idx[:, 1].reshape(-1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a variant stores (θ, α) for a site of size d with pairing ``group_size`` g.
+
+    In the paper's notation each plane (a, b) has the block
+
+        [[ α11 cos θ11,  −α12 sin θ12 ],        "11" = c_a,   "12" = −s_a
+         [ α21 sin θ21,   α22 cos θ22 ]]        "21" = s_b,   "22" = c_b
+
+    and a variant says which stored entry of θ and α (each of shape (n,)) every (α, θ) pair
+    reads. That is one map, `per_coordinate`: x (n,) -> (x_c, x_s), each (d,), where x_c[i]
+    feeds the cosine coefficient c_i = α_c[i] cos θ_c[i] and x_s[i] the sine coefficient
+    s_i = α_s[i] sin θ_s[i]:
+
+    - ``road_1``: n = d/2, laid out (groups, g/2): entry p belongs to plane p (the order of
+      `plane_indices`) and all four block entries read it, so every block is a scaled
+      rotation α·R(θ): c_a = c_b = α cos θ, s_a = s_b = α sin θ.
+    - ``road_2``: n = d, one (θ, α) per coordinate i, read by both c_i and s_i: the block's
+      first row reads coordinate a, its second row coordinate b.
+    - ``road_4``: n = 2d, laid out (groups, 2, g): coordinate i = G·g + q (group G, position q)
+      reads its cosine entry at G·2g + q and its sine entry at G·2g + g + q, so all four
+      block entries are distinct. This is PEFT's storage order (the paper fixes none).
+
+    Everything else here (coefficients, the parameters of given coefficients, products,
+    inverses, which plane owns which entry) is derived from `per_coordinate` and
+    `PARAMS_PER_COORDINATE`, so a new layout is one branch there and one entry in that table.
+    Every layout keeps two invariants: each stored entry is read by at least one block entry,
+    and all its readers lie in one plane.
+    """
+
+    variant: str
+    group_size: int
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown RoAd variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.group_size < 2 or self.group_size % 2:
+            raise ValueError(f"group_size must be an even number >= 2, got {self.group_size}")
+
+    @classmethod
+    def of(cls, config: RoadConfig) -> Layout:
+        """The layout of an adapter config (its ``variant`` and ``group_size``)."""
+        return cls(config.variant, config.group_size)
+
+    # -- the layout itself ----------------------------------------------------------------------
+    def per_coordinate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """A stored vector x (n,) as (x_c, x_s), each (d,): the entries that feed the cosine
+        and the sine coefficient of each coordinate (see the class docstring).
+
+        Works on values (with gradients) and on indices: ``per_coordinate(torch.arange(n))``
+        gives, per coordinate, the index of the stored entry its c and its s read.
+        """
+        g = self.group_size
+        if self.variant == "road_1":
+            # (groups, g/2) -> (groups, 2, g/2): both coordinates of a plane read its entry
+            x = x.reshape(-1, 1, g // 2).expand(-1, 2, g // 2).reshape(-1)
+            return x, x
+        if self.variant == "road_2":
+            return x, x
+        # road_4, (groups, 2, g): [:, 0] feeds the cosine coefficients, [:, 1] the sine ones
+        x = x.reshape(-1, 2, g)
+        return x[:, 0].reshape(-1), x[:, 1].reshape(-1)
+
+    def num_params(self, d: int) -> int:
+        """n, the length of θ (and of α) for a site of size d."""
+        return num_params(self.variant, d)
+
+    def site_size(self, n: int) -> int:
+        """d, the size of the site whose θ (and α) has n entries."""
+        return int(n / PARAMS_PER_COORDINATE[self.variant])
+
+    def entry_index(self, d: int) -> Tensor:
+        """Index into θ and α of each plane's four block entries: LongTensor (d/2, 4), rows in
+        plane order (`plane_indices`), columns in `ENTRIES` order (c_a, −s_a, s_b, c_b)."""
+        check_pairing(d, self.group_size)
+        cos_index, sin_index = self.per_coordinate(torch.arange(self.num_params(d)))  # (d,)
+        a, b = plane_indices(d, self.group_size)  # (d/2,) each
+        return torch.stack((cos_index[a], sin_index[a], sin_index[b], cos_index[b]), dim=1)
+
+    def param_planes(self, d: int) -> Tensor:
+        """The plane owning each stored entry of θ and α: LongTensor (n,) of values in
+        [0, d/2)."""
+        index = self.entry_index(d)  # (d/2, 4)
+        planes = torch.empty(self.num_params(d), dtype=torch.long)
+        planes[index.reshape(-1)] = torch.arange(d // 2).repeat_interleave(4)
+        return planes
+
+    @property
+    def scaled_rotation(self) -> bool:
+        """True when all four entries of a block read one stored (θ, α) (RoAd1): then every
+        block is α·R(θ), and products add angles and multiply magnitudes exactly."""
+        index = self.entry_index(self.group_size)  # (g/2, 4)
+        return bool((index == index[:, :1]).all())
+
+    # -- parameters <-> coefficients ------------------------------------------------------------
+    def coefficients(self, theta: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-coordinate coefficients (c, s), each (d,), from (θ, α), each (n,):
+        c = α_c cos θ_c, s = α_s sin θ_s with (θ_c, θ_s) = `per_coordinate` (θ)."""
+        theta_c, theta_s = self.per_coordinate(theta)
+        alpha_c, alpha_s = self.per_coordinate(alpha)
+        return alpha_c * theta_c.cos(), alpha_s * theta_s.sin()
+
+    def params_from_coefficients(self, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """(θ, α), each (n,), whose coefficients are (c, s), each (d,).
+
+        An entry read by a cosine and a sine coefficient (RoAd1, RoAd2) gets θ = atan2(s, c),
+        α = |(c, s)|; one read by cosine coefficients only (RoAd4) α = |c|, θ ∈ {0, π}; one
+        read by sine coefficients only α = |s|, θ = ±π/2, or the identity's (0, 1) where
+        s = 0. An entry with several readers takes its value from the first (coordinate order,
+        cosine first). If the others disagree, the block cannot be stored in this variant
+        (RoAd1 stores only scaled rotations, c_a = c_b and s_a = s_b): ValueError.
+        """
+        d = c.numel()
+        n = self.num_params(d)
+        cos_index, sin_index = self.per_coordinate(torch.arange(n, device=c.device))  # (d,)
+        readers = torch.cat((cos_index, sin_index))  # (2d,): entry read by [c_0..c_d; s_0..s_d]
+        first = torch.full((n,), 2 * d, device=c.device).scatter_reduce_(
+            0, readers, torch.arange(2 * d, device=c.device), "amin"
+        )  # (n,): each entry's first reader
+        c_at, s_at = c[first % d], s[first % d]  # (n,): coefficients at its coordinate
+        by_cos = torch.zeros(n, dtype=torch.bool, device=c.device).index_fill_(0, cos_index, True)
+        by_sin = torch.zeros_like(by_cos).index_fill_(0, sin_index, True)
+        both = by_cos & by_sin
+        cos_theta = torch.where(c_at < 0, torch.full_like(c_at, math.pi), torch.zeros_like(c_at))
+        sin_theta = torch.sign(s_at) * (math.pi / 2)
+        sin_alpha = torch.where(s_at == 0, torch.ones_like(s_at), s_at.abs())
+        theta = torch.where(
+            both, torch.atan2(s_at, c_at), torch.where(by_cos, cos_theta, sin_theta)
+        )
+        alpha = torch.where(
+            both, torch.hypot(c_at, s_at), torch.where(by_cos, c_at.abs(), sin_alpha)
+        )
+        if d:
+            c_back, s_back = self.coefficients(theta, alpha)
+            tol = 1e-5 * max(1.0, float(c.abs().max()), float(s.abs().max()))
+            if (c_back - c).abs().max() > tol or (s_back - s).abs().max() > tol:
+                raise ValueError(
+                    f"the result has a block that {self.variant} cannot represent (road_1 "
+                    "stores only a scaled rotation in every plane); use road_2 or road_4 "
+                    "adapters for this operation"
+                )
+        return theta, alpha
+
+    # -- algebra on parameters ------------------------------------------------------------------
+    def product(
+        self, first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """(θ, α) of R_second R_first (``first`` applied first). For scaled rotations (RoAd1)
+        θ1 + θ2, α1·α2 exactly; otherwise the block product of the coefficients
+        (`compose_coefficients`), stored back by `params_from_coefficients`."""
+        if self.scaled_rotation:
+            return first[0] + second[0], first[1] * second[1]
+        c, s = compose_coefficients(
+            self.coefficients(*first), self.coefficients(*second), self.group_size
+        )
+        return self.params_from_coefficients(c, s)
+
+    def inverse(self, theta: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """(θ, α) of R⁻¹. For scaled rotations (RoAd1) −θ, 1/α exactly; otherwise the
+        closed-form block inverse (`invert`) stored back by `params_from_coefficients`.
+        ValueError if a block is singular (a zero magnitude)."""
+        if self.scaled_rotation:
+            if bool((alpha == 0).any()):
+                raise ValueError("a plane has α = 0 (singular); it has no inverse")
+            return -theta, 1.0 / alpha
+        c, s = invert(*self.coefficients(theta, alpha), self.group_size)
+        return self.params_from_coefficients(c, s)
+
+    # -- planes of stored entries ---------------------------------------------------------------
+    def param_mask(self, plane_mask: Tensor) -> Tensor:
+        """Bool (n,): the stored entries of θ and α that belong to the planes selected by
+        ``plane_mask``, Bool (d/2,)."""
+        return plane_mask[self.param_planes(2 * plane_mask.numel())]
+
+    def plane_support(self, theta: Tensor, alpha: Tensor) -> Tensor:
+        """Bool (d/2,): the planes on which (θ, α), each (n,), is not exactly the identity
+        (some entry of the plane has θ ≠ 0 or α ≠ 1)."""
+        d = self.site_size(theta.numel())
+        moved = (theta != 0) | (alpha != 1)  # (n,)
+        planes = self.param_planes(d).to(moved.device)  # (n,)
+        return torch.bincount(planes[moved], minlength=d // 2) > 0

@@ -7,11 +7,8 @@ owns does (plane k of group size g is coordinates (G·g + j, G·g + j + g/2) wit
 j = k mod (g/2)).
 
 An adapter acts "on a subspace" when it is the identity (θ = 0, α = 1) on every other plane.
-Which parameter entries belong to which plane depends on the variant (`param_mask`):
-
-- ``road_1``: θ[k], α[k] are plane k's;
-- ``road_2``: θ[i], α[i] belong to coordinate i, so to the plane that owns i;
-- ``road_4``: θ, α laid out (groups, 2, g): entry (G, ·, i) belongs to coordinate G·g + i.
+Which entries of θ and α belong to which plane depends on the variant; `param_mask` asks the
+variant's `road_interp.rotation.Layout` (`Layout.param_planes`).
 
 Training on a subspace (`train_on`) puts the adapter at the identity outside its planes and masks
 the gradients there; with AdamW at weight decay 0 (the RoAd default) those entries then never
@@ -239,28 +236,9 @@ def coordinate_mask(plane_mask: Tensor, group_size: int) -> Tensor:
 
 
 def param_mask(plane_mask: Tensor, variant: str, group_size: int) -> Tensor:
-    """Bool (n_params,): which θ / α entries of ``variant`` belong to the selected planes."""
-    if variant == "road_1":
-        return plane_mask.clone()
-    coords = coordinate_mask(plane_mask, group_size)
-    if variant == "road_2":
-        return coords
-    if variant == "road_4":  # (groups, 2, g): both the cosine and the sine entry of a coordinate
-        return coords.reshape(-1, 1, group_size).expand(-1, 2, group_size).reshape(-1)
-    raise ValueError(f"unknown RoAd variant {variant!r}")
-
-
-def plane_support(variant: str, group_size: int, theta: Tensor, alpha: Tensor) -> Tensor:
-    """Bool (d/2,): planes on which (θ, α) is not exactly the identity (θ = 0, α = 1)."""
-    moved = (theta != 0) | (alpha != 1)  # (n_params,)
-    if variant == "road_1":
-        return moved
-    if variant == "road_4":  # (groups, 2, g) -> per coordinate (groups, g)
-        moved = moved.reshape(-1, 2, group_size).any(dim=1).reshape(-1)
-    # per coordinate (d,) -> per plane: either coordinate moved
-    d = moved.numel()
-    a, b = rotation.plane_indices(d, group_size)
-    return moved[a] | moved[b]
+    """Bool (n_params,): which θ / α entries of ``variant`` belong to the selected planes
+    (`road_interp.rotation.Layout.param_mask`)."""
+    return rotation.Layout(variant, group_size).param_mask(plane_mask)
 
 
 # -- training on subspaces --------------------------------------------------------------------

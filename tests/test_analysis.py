@@ -13,7 +13,6 @@ from conftest import tiny_bert, tiny_llama
 
 from road_interp import RoadConfig, RoadModel, rotation, save_adapter
 from road_interp.analysis import drift, importance, stats
-from road_interp.analysis.layout import entry_param_index
 from road_interp.cli import main
 from road_interp.io import AdapterFile, adapter_from_model, add_adapter_file, read_adapter
 
@@ -37,7 +36,7 @@ def test_entry_layout_matches_rotation_coefficients(variant, group_size):
     theta, alpha = rotation.random_params(variant, d, torch.Generator().manual_seed(1))
     c, s = rotation.coefficients(variant, group_size, theta, alpha)
     a, b = rotation.plane_indices(d, group_size)
-    idx = entry_param_index(variant, group_size, d)
+    idx = rotation.Layout(variant, group_size).entry_index(d)
     entries = stats.entry_table(synthetic(variant, group_size, {"m.layers.0.q": (theta, alpha)}))
     value = torch.tensor(entries["value"].to_numpy()).reshape(-1, 4)  # (planes, 4)
     dense = torch.stack((c[a], -s[a], s[b], c[b]), dim=1).double()

@@ -16,7 +16,6 @@ from road_interp.compose import (
     check_composable,
     invert,
     overlap_report,
-    params_from_coefficients,
     product,
     restrict,
     scale,
@@ -183,17 +182,18 @@ def test_fractional_scale_of_negative_magnitude_is_an_error():
 def test_params_from_coefficients_round_trip(variant):
     a = make(variant, group_size=4, seed=7)
     theta, alpha = a.params["a.q_proj"]
-    c, s = rotation.coefficients(variant, 4, theta.double(), alpha.double())
-    t2, a2 = params_from_coefficients(variant, 4, c, s)
-    c2, s2 = rotation.coefficients(variant, 4, t2, a2)
+    layout = rotation.Layout(variant, 4)
+    c, s = layout.coefficients(theta.double(), alpha.double())
+    t2, a2 = layout.params_from_coefficients(c, s)
+    c2, s2 = layout.coefficients(t2, a2)
     torch.testing.assert_close((c2, s2), (c, s))
 
 
 def test_road1_cannot_represent_a_general_block():
     c = torch.tensor([1.0, 0.5, 2.0, 0.5])  # plane (0, 1) at group size 2: c_a != c_b
     s = torch.zeros(4)
-    with pytest.raises(ValueError, match="RoAd1 cannot represent"):
-        params_from_coefficients("road_1", 2, c, s)
+    with pytest.raises(ValueError, match="road_1 cannot represent"):
+        rotation.Layout("road_1", 2).params_from_coefficients(c, s)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

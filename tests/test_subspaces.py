@@ -8,7 +8,8 @@ import torch
 from road_interp import RoadConfig, RoadModel, rotation
 from road_interp.compose import restrict
 from road_interp.io import adapter_from_model, add_adapter_file
-from road_interp.subspaces import Subspace, model_sizes, plane_support, route_subspaces, train_on
+from road_interp.rotation import Layout
+from road_interp.subspaces import Subspace, model_sizes, route_subspaces, train_on
 from tests.conftest import tiny_llama
 
 SIZES = {"x": 128, "y": 64}
@@ -61,7 +62,7 @@ def test_param_mask_moves_exactly_the_planes_coordinates(variant, group_size):
     coords = sub.coordinate_mask("x", group_size)
     assert torch.all(c[~coords] == 1) and torch.all(s[~coords] == 0)
     assert torch.all((c[coords] != 1) | (s[coords] != 0))
-    got = plane_support(variant, group_size, new_theta, new_alpha)
+    got = Layout(variant, group_size).plane_support(new_theta, new_alpha)
     assert torch.equal(got, sub.plane_mask("x"))
 
 
@@ -96,7 +97,7 @@ def test_train_on_leaves_other_planes_exactly_at_identity(variant, input_ids):
             opt.step()
     trained = adapter_from_model(model, "skills")
     for site, (theta, alpha) in trained.params.items():
-        moved = plane_support(variant, 64, theta, alpha)
+        moved = Layout(variant, 64).plane_support(theta, alpha)
         assert not moved[~sub.plane_mask(site)].any()
         assert moved[sub.plane_mask(site)].any()
     # hooks are gone: a plain backward now reaches every plane

@@ -2,8 +2,8 @@
 
 For an adapter and a group of planes (a layer, a module type, a site, any subspace: a
 mapping site -> plane indices), the group's blocks are set to the identity (θ = 0, α = 1 in
-every entry that `layout.entry_param_index` says the plane reads), the user's metric is
-measured, and the parameters are restored exactly, also when the metric raises. With
+every entry that `road_interp.rotation.Layout.entry_index` says the plane reads), the user's
+metric is measured, and the parameters are restored exactly, also when the metric raises. With
 
     baseline = metric(adapter intact),   none = metric(every plane of the adapter reset)
 
@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from ..evaluation import evaluate
 from ..layers import RoadLinear, RoadSite
 from ..model import RoadModel
+from ..rotation import Layout
 from ..subspaces import Subspace
-from .layout import entry_param_index
 from .stats import check_table
 
 PlaneSet = Subspace | Mapping[str, Sequence[int] | Tensor]
@@ -131,7 +131,7 @@ def _indices(model: RoadModel, adapter: str, subspace: PlaneSet) -> dict[str, Te
                 f"site {site!r} has planes 0..{size // 2 - 1}; asked for plane "
                 f"{int(index.max()) if index.max() >= size // 2 else int(index.min())}"
             )
-        table = entry_param_index(config.variant, config.group_size, size)  # (d/2, 4)
+        table = Layout.of(config).entry_index(size)  # (d/2, 4)
         out[site] = table[index].reshape(-1).unique()
     return out
 

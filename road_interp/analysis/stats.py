@@ -17,7 +17,7 @@ Columns: adapter, variant, group_size, site, layer (block index parsed from the 
 ``attention.self.query``), plane, coord_a, coord_b, theta (rad), theta_deg, alpha, asymmetry.
 
 **Entry table** (`entry_table`), the per-row parameters in long format: one row per site, plane
-and block entry ("11", "12", "21", "22"; `layout.ENTRIES`), with the entry's row ("a" or "b"),
+and block entry ("11", "12", "21", "22"; `road_interp.rotation.ENTRIES`), with the entry's row ("a" or "b"),
 the index of the stored parameter it reads (``param_index``), that parameter's stored θ (not
 wrapped) and α, and the entry's signed value in the block (α cos θ for "11"/"22", −α sin θ for
 "12", α sin θ for "21"). RoAd1 repeats one parameter in all four entries, RoAd2 one per row,
@@ -39,8 +39,7 @@ import pandas as pd
 import torch
 
 from ..io import AdapterFile, read_adapter
-from ..rotation import coefficients, plane_indices
-from .layout import ENTRIES, entry_param_index
+from ..rotation import ENTRIES, Layout, plane_indices
 
 AdapterLike = AdapterFile | str | os.PathLike
 """An `AdapterFile` in memory, or the path of an adapter folder (ours or PEFT's)."""
@@ -158,10 +157,11 @@ def plane_table(adapter: AdapterLike, name: str | None = None) -> pd.DataFrame:
     if not file.params:
         raise ValueError(f"adapter {name!r} has no sites; there is nothing to analyse")
     variant, group_size = file.config.variant, file.config.group_size
+    layout = Layout.of(file.config)
     frames = []
     for site, size in file.sites.items():
         theta, alpha = file.params[site]
-        c, s = coefficients(variant, group_size, theta.double(), alpha.double())  # (d,) each
+        c, s = layout.coefficients(theta.double(), alpha.double())  # (d,) each
         a, b = plane_indices(size, group_size)  # (d/2,) each
         x, y = (c[a] + c[b]) / 2, (s[a] + s[b]) / 2
         norm2 = c[a] ** 2 + c[b] ** 2 + s[a] ** 2 + s[b] ** 2
@@ -209,12 +209,13 @@ def entry_table(adapter: AdapterLike, name: str | None = None) -> pd.DataFrame:
     if not file.params:
         raise ValueError(f"adapter {name!r} has no sites; there is nothing to analyse")
     variant, group_size = file.config.variant, file.config.group_size
+    layout = Layout.of(file.config)
     sign = np.array([1.0, -1.0, 1.0, 1.0])
     is_cos = np.array([True, False, False, True])
     frames = []
     for site, size in file.sites.items():
         theta, alpha = (t.double() for t in file.params[site])
-        index = entry_param_index(variant, group_size, size)  # (d/2, 4)
+        index = layout.entry_index(size)  # (d/2, 4)
         th, al = theta[index].numpy(), alpha[index].numpy()  # (d/2, 4) each
         value = sign * al * np.where(is_cos, np.cos(th), np.sin(th))
         layer, module_type = parse_site(site)
