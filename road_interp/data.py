@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -35,7 +34,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .files import pip_download
+from .files import atomic_file, pip_download
 from .models import cache_dir
 
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
@@ -77,28 +76,7 @@ def gym_file(skill: str) -> Path:
     return data_dir() / "reasoning_gym" / f"{skill}.json"
 
 
-# ----------------------------------------------------------------------------- writing
-
-
-def _write_json_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary sibling and one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        _chmod_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _chmod_umask(path: str) -> None:
-    """mkstemp makes private (0600) files; give them the modes a plain ``open`` would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+# ----------------------------------------------------------------------------- checking
 
 
 def _check_task_json(payload: bytes, where: str) -> dict:
@@ -193,7 +171,8 @@ def _stream_members(sdist: Path, wanted: dict[str, str], written: list[Path]) ->
                 raise DataError(f"{member.name} in {sdist.name} is not a regular file")
             payload = handle.read()
             _check_task_json(payload, f"{member.name} in {sdist.name}")
-            _write_json_atomic(bigbench_file(task), payload)
+            with atomic_file(bigbench_file(task)) as tmp:
+                tmp.write_bytes(payload)
             written.append(bigbench_file(task))
             bar.update(1)
             if not wanted:
@@ -254,7 +233,8 @@ def fetch_gym(skills: Iterable[GymSkill], force: bool = False) -> list[Path]:
         path = gym_file(skill.name)
         if force or not _gym_ok(path, skill):
             payload = json.dumps(generate_gym(skill), ensure_ascii=False).encode()
-            _write_json_atomic(path, payload)
+            with atomic_file(path) as tmp:
+                tmp.write_bytes(payload)
         paths.append(path)
     return paths
 

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .model import RoadModel
+
 if TYPE_CHECKING:
     from .tasks import Example, Task
 
 IGNORE_INDEX = -100
 """Label of positions that do not count in the loss (PyTorch's cross-entropy default)."""
-
-KINDS = ("classification", "multiple_choice", "generation")
 
 
 @dataclass(frozen=True)
@@ -141,14 +141,14 @@ def unwrap(model: nn.Module) -> nn.Module:
         if callable(get_base):
             model = get_base()
             continue
-        if type(model).__name__ == "RoadModel":
-            model = model.model  # type: ignore[assignment]
+        if isinstance(model, RoadModel):
+            model = model.model
             continue
         break
     return model
 
 
-def check_compatible(data: ExampleSet, model: nn.Module) -> str:
+def check_task_fits(data: ExampleSet, model: nn.Module) -> str:
     """Raise ValueError if ``model`` cannot learn or answer ``data``; returns the model kind."""
     kind = model_kind(model)
     if kind == "encoder":

@@ -28,7 +28,7 @@ from .encoding import (
     IGNORE_INDEX,
     ExampleSet,
     answer_of,
-    check_compatible,
+    check_task_fits,
     encode_classification,
     encode_lm,
     example_set,
@@ -60,7 +60,7 @@ def evaluate(
     multiple choice with varying options) and, for causal LMs, ``accuracy_norm``.
     """
     es = data if isinstance(data, ExampleSet) else example_set(data, split, limit, seed)
-    kind = check_compatible(es, model)
+    kind = check_task_fits(es, model)
     was_training = model.training
     model.eval()
     try:

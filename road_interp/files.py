@@ -32,6 +32,29 @@ def atomic_folder(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; on success it replaces ``target`` in one
+    rename, with the modes a plain ``open`` would give. On an error ``target`` is untouched
+    and the temporary file is removed.
+
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)  # mkstemp makes private (0600) files
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _make_readable(folder: Path) -> None:
     """mkdtemp (and some writers) create private files; give them the usual umask modes."""
     umask = os.umask(0)

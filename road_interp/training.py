@@ -20,17 +20,13 @@ is a function of the step number alone, which is what makes resuming exact.
 first ``warmup_ratio`` of the steps, then falling linearly to 0; gradients clipped to
 ``max_grad_norm``.
 
-**Files** in ``output_dir``::
+**Reading order.** `train` is the loop: `_prepare` builds everything before the first step,
+`_step` is one optimizer step (micro-batches, loss, backward, clip, divergence check) and
+`_after_step` logs, evaluates, keeps the best and checkpoints; `_finish` writes the trained
+parameters. What they share between steps is one `_Run`.
 
-    train_config.json   the settings of the run
-    metrics.jsonl       one JSON object per logged step and per evaluation
-    checkpoint/         the last resumable state (written atomically): trainable.safetensors,
-                        optimizer.safetensors, state.json (step, scheduler, RNG, best so far)
-    best/  final/       the trained parameters at the best evaluation and at the end: a RoAd
-                        adapter folder (`road_interp.io.save_adapter`) plus head.safetensors
-                        for an encoder's head, or trainable.safetensors for other models
-
-A run started again with the same ``output_dir`` resumes from ``checkpoint/`` and ends where
+**Files** in ``output_dir`` (``train_config.json``, ``metrics.jsonl``, ``checkpoint/``,
+``best/``, ``final/``) are written and read by `road_interp.checkpoints`. A run started again with the same ``output_dir`` resumes from ``checkpoint/`` and ends where
 an uninterrupted run would. A NaN or inf loss (or gradient) stops the run with
 `TrainingDiverged`, leaving the last good checkpoint in place.
 """
@@ -38,10 +34,7 @@ an uninterrupted run would. A NaN or inf loss (or gradient) stops the run with
 from __future__ import annotations
 
 import difflib
-import json
 import math
-import os
-import tempfile
 import time
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -53,14 +46,28 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .checkpoints import (
+    CHECKPOINT,
+    append_metrics,
+    checkpoint_step,
+    head_parameters,
+    load_checkpoint,
+    load_head,
+    load_trainable,
+    read_metrics,
+    save_checkpoint,
+    save_trained,
+    trainable_parameters,
+    truncate_metrics,
+    write_settings,
+)
 from .encoding import (
     ExampleSet,
     answer_of,
-    check_compatible,
+    check_task_fits,
     encode_classification,
     encode_lm,
     example_set,
@@ -68,14 +75,29 @@ from .encoding import (
     unwrap,
 )
 from .evaluation import answer_logprobs, classifier_logits, evaluate, pad_left
-from .files import atomic_folder
 
 if TYPE_CHECKING:
     from .tasks import Example, Task
 
+__all__ = [
+    # the loop
+    "ForwardContext",
+    "StepCallback",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "check_keys",
+    "train",
+    # the run's files, kept importable from here (they live in road_interp.checkpoints)
+    "head_parameters",
+    "load_head",
+    "load_trainable",
+    "read_metrics",
+    "save_trained",
+    "trainable_parameters",
+]
+
 PRECISIONS = ("fp32", "bf16")
-HEAD_MODULES = ("classifier", "score")
-"""Names of sequence-classification heads (BERT/RoBERTa ``classifier``, Llama/GPT-2 ``score``)."""
 
 
 def _opt(help_text: str) -> Any:
@@ -283,38 +305,243 @@ def train(
         resume: continue from ``output_dir/checkpoint`` if it exists (settings must match);
             with False, an existing checkpoint is an error.
     """
-    out = Path(output_dir)
+    was_training = model.training
+    run = _prepare(model, tokenizer, data, eval_data, config, Path(output_dir), resume)
+    bar = tqdm(
+        total=run.total,
+        initial=run.start,
+        desc=f"train {run.train_set.name}",
+        disable=not (config.progress and run.accelerator.is_main_process),
+    )
+    run.started = time.perf_counter()
+    for step in range(run.start, run.total):
+        record = _step(run, step, forward_context)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        _after_step(run, record)
+        if on_step_end is not None:
+            on_step_end(record["step"], record)
+    bar.close()
+    model.train(was_training)
+    return _finish(run)
+
+
+@dataclass
+class _Run:
+    """A run between steps: what `_prepare` built and what the steps have produced so far."""
+
+    config: TrainConfig
+    out: Path
+    model: nn.Module
+    """The model as given: evaluated and saved."""
+    ddp_model: nn.Module
+    """The model as Accelerate prepared it (DDP when distributed): trained."""
+    tokenizer: Any
+    kind: str
+    """``"encoder"`` or ``"causal-lm"``."""
+    train_set: ExampleSet
+    encoded: list[dict]
+    eval_set: ExampleSet | None
+    accelerator: Any
+    named: dict[str, nn.Parameter]
+    optimizer: Any
+    scheduler: Any
+    steps_per_epoch: int
+    total: int
+    start: int
+    """Steps done before this call (non-zero when resuming)."""
+    best: dict[str, Any] | None
+    """``{"step", "eval"}`` of the best evaluation so far."""
+    last_eval: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    """`time.perf_counter` at the first step of this call."""
+
+
+def _prepare(
+    model: nn.Module,
+    tokenizer: Any,
+    data: Task | Sequence[Example],
+    eval_data: Task | Sequence[Example] | None,
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+) -> _Run:
+    """Everything before the first step: example sets, accelerator, trainable parameters,
+    optimizer and schedule, and the state of an interrupted run when ``out`` holds one."""
+    train_set, eval_set = _example_sets(data, eval_data, config)
+    kind = check_task_fits(train_set, model)
+    if eval_set is not None:
+        check_task_fits(eval_set, model)
+    accelerator = _accelerator(config.precision)
+    steps_per_epoch = _steps_per_epoch(config, len(train_set), accelerator.num_processes)
+    total = config.max_steps or steps_per_epoch * config.epochs
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists() and not resume:
+        raise ValueError(f"{out} already holds a run; resume it or choose another output_dir")
+
+    torch.manual_seed(config.seed)
+    named = _make_trainable(model, kind, config)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, named, config), lr=config.lr, weight_decay=config.weight_decay
+    )
+    warmup = math.ceil(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
+    encoded = _encode(tokenizer, train_set, kind, config.max_length)
+
+    start, best = _resume_or_start(out, config, named, optimizer, scheduler, accelerator)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.wait_for_everyone()
+    return _Run(
+        config=config,
+        out=out,
+        model=model,
+        ddp_model=ddp_model,
+        tokenizer=tokenizer,
+        kind=kind,
+        train_set=train_set,
+        encoded=encoded,
+        eval_set=eval_set,
+        accelerator=accelerator,
+        named=named,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps_per_epoch=steps_per_epoch,
+        total=total,
+        start=start,
+        best=best,
+    )
+
+
+def _step(run: _Run, step: int, forward_context: ForwardContext | None) -> dict[str, Any]:
+    """Optimizer step ``step`` (0-based): forward and backward over this process's share of
+    each micro-batch, clip, stop on a non-finite loss or gradient, update. Returns the step's
+    log record."""
+    config, accelerator = run.config, run.accelerator
+    run.ddp_model.train(config.dropout)
+    indices = _step_indices(step, len(run.train_set), run.steps_per_epoch, config)
+    chunks = _micro_batches(
+        indices, config.grad_accum_steps, accelerator.num_processes, accelerator.process_index
+    )
+    losses = []
+    for m, chunk in enumerate(chunks):
+        examples = [run.train_set.examples[i] for i in chunk]
+        batch = _collate(
+            [run.encoded[i] for i in chunk], run.tokenizer, run.kind, accelerator.device
+        )
+        last = m == config.grad_accum_steps - 1
+        # gradients are averaged over processes once per step, at the last micro-batch
+        sync = nullcontext() if last else accelerator.no_sync(run.ddp_model)
+        context = forward_context(examples) if forward_context else nullcontext()
+        with sync:
+            with context, accelerator.autocast():
+                loss = _loss(run.ddp_model, batch, run.kind) / config.grad_accum_steps
+            accelerator.backward(loss)
+        losses.append(loss.detach())
+    step_loss = accelerator.reduce(torch.stack(losses).sum(), reduction="mean")
+    grad_norm = _clip(accelerator, list(run.named.values()), config.max_grad_norm)
+    if not (torch.isfinite(step_loss) and math.isfinite(grad_norm)):
+        raise TrainingDiverged(
+            _diverged_message(step + 1, float(step_loss), grad_norm, config, run.out)
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    done = step + 1
+    return {
+        "step": done,
+        "epoch": round(done / run.steps_per_epoch, 4),
+        "loss": float(step_loss),
+        "lr": run.scheduler.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        "seconds": round(time.perf_counter() - run.started, 3),
+    }
+
+
+def _after_step(run: _Run, record: dict[str, Any]) -> None:
+    """What the step ``record["step"]`` calls for: log it, evaluate (keeping ``best/``),
+    write the checkpoint."""
+    config, done = run.config, record["step"]
+    last = done == run.total
+    if done % config.log_every == 0 or last:
+        run.history.append(record)
+        if run.accelerator.is_main_process:
+            append_metrics(run.out, record)
+    evaluate_now = last or (config.eval_every and done % config.eval_every == 0)
+    if evaluate_now:
+        run.last_eval, run.best = _evaluate_and_keep(run, done)
+    save_now = (
+        last
+        or (config.save_every and done % config.save_every == 0)
+        or (evaluate_now and not config.save_every)
+    )
+    if save_now:
+        save_checkpoint(
+            run.out / CHECKPOINT,
+            step=done,
+            config=config,
+            named=run.named,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            best=run.best,
+            accelerator=run.accelerator,
+        )
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Write ``final/`` (and ``best/`` when nothing was evaluated) unless the run had already
+    ended; the result."""
+    if run.accelerator.is_main_process and run.start < run.total:
+        save_trained(run.model, run.out / "final")
+        if run.best is None:  # no evaluation data: the final parameters are the best we know
+            save_trained(run.model, run.out / "best")
+    run.accelerator.wait_for_everyone()
+    best = run.best
+    return TrainResult(
+        output_dir=run.out,
+        steps=run.total,
+        final_eval=run.last_eval,
+        best_eval=best["eval"] if best else None,
+        best_step=best["step"] if best else None,
+        trainable_params=sum(p.numel() for p in run.named.values()),
+        history=pd.DataFrame(run.history),
+    )
+
+
+# ----------------------------------------------------------------------------- preparing
+
+
+def _example_sets(
+    data: Task | Sequence[Example], eval_data: Task | Sequence[Example] | None, config: TrainConfig
+) -> tuple[ExampleSet, ExampleSet | None]:
+    """The training examples, and what to evaluate on: ``eval_data``, else the task's
+    validation split, else nothing (a plain list of examples)."""
     train_set = example_set(data, "train", config.train_limit, config.seed)
     eval_source = eval_data if eval_data is not None else (None if _is_list(data) else data)
-    eval_set = (
-        example_set(eval_source, "validation", config.eval_limit, config.seed)
-        if eval_source is not None
-        else None
-    )
-    kind = check_compatible(train_set, model)
-    if eval_set is not None:
-        check_compatible(eval_set, model)
+    if eval_source is None:
+        return train_set, None
+    return train_set, example_set(eval_source, "validation", config.eval_limit, config.seed)
 
-    accelerator = _accelerator(config.precision)
-    world, rank = accelerator.num_processes, accelerator.process_index
+
+def _steps_per_epoch(config: TrainConfig, examples: int, world: int) -> int:
+    """Optimizer steps per epoch; raises ValueError when the batches cannot be formed."""
     micro = config.batch_size // config.grad_accum_steps
     if micro % world:
         raise ValueError(
             f"batch_size {config.batch_size} / grad_accum_steps {config.grad_accum_steps} = "
             f"{micro} examples per micro-batch cannot be split evenly over {world} processes"
         )
-    steps_per_epoch = len(train_set) // config.batch_size
-    if steps_per_epoch == 0:
+    steps = examples // config.batch_size
+    if steps == 0:
         raise ValueError(
-            f"{len(train_set)} training examples are fewer than one batch of {config.batch_size}"
+            f"{examples} training examples are fewer than one batch of {config.batch_size}"
         )
-    total = config.max_steps or steps_per_epoch * config.epochs
-    checkpoint = out / "checkpoint"
-    if checkpoint.exists() and not resume:
-        raise ValueError(f"{out} already holds a run; resume it or choose another output_dir")
+    return steps
 
-    was_training = model.training
-    torch.manual_seed(config.seed)
+
+def _make_trainable(model: nn.Module, kind: str, config: TrainConfig) -> dict[str, nn.Parameter]:
+    """Unfreeze an encoder's head (``train_head``), turn on gradient checkpointing when asked;
+    the parameters to train, by name."""
     if config.train_head and kind == "encoder":
         for p in head_parameters(model).values():
             p.requires_grad_(True)
@@ -325,103 +552,35 @@ def train(
     named = trainable_parameters(model)
     if not named:
         raise ValueError("the model has no parameter that requires grad; nothing to train")
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, named, config), lr=config.lr, weight_decay=config.weight_decay
-    )
-    warmup = math.ceil(config.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
-    encoded = _encode(tokenizer, train_set, kind, config.max_length)
+    return named
 
-    start, best = 0, None
-    if checkpoint.exists():
-        start, best = _load_checkpoint(checkpoint, config, named, optimizer, scheduler, rank, world)
+
+def _resume_or_start(
+    out: Path,
+    config: TrainConfig,
+    named: dict[str, nn.Parameter],
+    optimizer: Any,
+    scheduler: Any,
+    accelerator: Any,
+) -> tuple[int, dict[str, Any] | None]:
+    """Restore ``out/checkpoint`` if there is one (and drop the log past it), else write the
+    settings; returns the steps already done and the best evaluation so far."""
+    if not (out / CHECKPOINT).exists():
         if accelerator.is_main_process:
-            _truncate_metrics(out / "metrics.jsonl", start)
-    elif accelerator.is_main_process:
-        _write_json(out / "train_config.json", config.to_dict())
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.wait_for_everyone()
-
-    history: list[dict[str, Any]] = []
-    last_eval = None
-    bar = tqdm(
-        total=total,
-        initial=start,
-        desc=f"train {train_set.name}",
-        disable=not (config.progress and accelerator.is_main_process),
+            write_settings(out, config)
+        return 0, None
+    start, best = load_checkpoint(
+        out / CHECKPOINT,
+        config=config,
+        named=named,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
     )
-    t0 = time.perf_counter()
-    for step in range(start, total):
-        ddp_model.train(config.dropout)
-        indices = _step_indices(step, len(train_set), steps_per_epoch, config)
-        losses = []
-        for m, chunk in enumerate(_micro_batches(indices, config.grad_accum_steps, world, rank)):
-            examples = [train_set.examples[i] for i in chunk]
-            batch = _collate([encoded[i] for i in chunk], tokenizer, kind, accelerator.device)
-            last = m == config.grad_accum_steps - 1
-            sync = nullcontext() if last else accelerator.no_sync(ddp_model)
-            context = forward_context(examples) if forward_context else nullcontext()
-            with sync:
-                with context, accelerator.autocast():
-                    loss = _loss(ddp_model, batch, kind) / config.grad_accum_steps
-                accelerator.backward(loss)
-            losses.append(loss.detach())
-        step_loss = accelerator.reduce(torch.stack(losses).sum(), reduction="mean")
-        grad_norm = _clip(accelerator, list(named.values()), config.max_grad_norm)
-        if not (torch.isfinite(step_loss) and math.isfinite(grad_norm)):
-            raise TrainingDiverged(
-                _diverged_message(step + 1, float(step_loss), grad_norm, config, out)
-            )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        record = {
-            "step": done,
-            "epoch": round(done / steps_per_epoch, 4),
-            "loss": float(step_loss),
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if done % config.log_every == 0 or done == total:
-            history.append(record)
-            if accelerator.is_main_process:
-                _append_jsonl(out / "metrics.jsonl", record)
-        evaluate_now = done == total or (config.eval_every and done % config.eval_every == 0)
-        if evaluate_now:
-            last_eval, best = _evaluate_and_keep(
-                model, tokenizer, eval_set, config, accelerator, out, done, best
-            )
-        save_now = (
-            done == total
-            or (config.save_every and done % config.save_every == 0)
-            or (evaluate_now and not config.save_every)
-        )
-        if save_now:
-            _save_checkpoint(
-                checkpoint, config, named, optimizer, scheduler, done, best, accelerator
-            )
-        if on_step_end is not None:
-            on_step_end(done, record)
-    bar.close()
-    model.train(was_training)
-    if accelerator.is_main_process and start < total:
-        save_trained(model, out / "final")
-        if best is None:  # no evaluation data: the final parameters are the best we know
-            save_trained(model, out / "best")
-    accelerator.wait_for_everyone()
-    return TrainResult(
-        output_dir=out,
-        steps=total,
-        final_eval=last_eval,
-        best_eval=best["eval"] if best else None,
-        best_step=best["step"] if best else None,
-        trainable_params=sum(p.numel() for p in named.values()),
-        history=pd.DataFrame(history),
-    )
+    if accelerator.is_main_process:
+        truncate_metrics(out, start)
+    return start, best
 
 
 def _param_groups(
@@ -465,6 +624,9 @@ def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
+
+
+# ----------------------------------------------------------------------------- steps
 
 
 def _step_indices(step: int, n: int, steps_per_epoch: int, config: TrainConfig) -> list[int]:
@@ -521,11 +683,10 @@ def _clip(accelerator: Any, params: list[nn.Parameter], max_norm: float) -> floa
 def _diverged_message(
     step: int, loss: float, grad_norm: float, config: TrainConfig, out: Path
 ) -> str:
-    state = out / "checkpoint" / "state.json"
+    kept_step = checkpoint_step(out / CHECKPOINT)
     kept = (
-        f"the last good checkpoint (step {json.loads(state.read_text())['step']}) is kept in "
-        f"{state.parent}"
-        if state.exists()
+        f"the last good checkpoint (step {kept_step}) is kept in {out / CHECKPOINT}"
+        if kept_step is not None
         else "no checkpoint had been written yet"
     )
     return (
@@ -534,131 +695,27 @@ def _diverged_message(
     )
 
 
-# ----------------------------------------------------------------------------- parameters
-
-
-def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters of a sequence classifier's head (``classifier`` / ``score``), by name in the
-    Hugging Face model."""
-    inner = unwrap(model)
-    if not type(inner).__name__.endswith("ForSequenceClassification"):
-        return {}
-    out: dict[str, nn.Parameter] = {}
-    for name, module in inner.named_children():
-        if name in HEAD_MODULES:
-            out.update({f"{name}.{n}": p for n, p in module.named_parameters()})
-    return out
-
-
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every parameter that requires grad, by its name in ``model``."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_trained(model: nn.Module, folder: Path) -> Path:
-    """Write what was trained, atomically: a `RoadModel`'s trainable adapters (one adapter:
-    the folder is that adapter; several: a subfolder each) plus ``head.safetensors``; for any
-    other model, ``trainable.safetensors`` with every parameter that requires grad."""
-    from .io import save_adapter
-
-    with atomic_folder(folder) as tmp:
-        adapters = _trainable_adapters(model)
-        if adapters:
-            for name in adapters:
-                save_adapter(model, name, tmp if len(adapters) == 1 else tmp / name)
-            head = head_parameters(model)
-            if head:
-                save_file(_cpu(head), str(tmp / "head.safetensors"))
-        else:
-            save_file(_cpu(trainable_parameters(model)), str(tmp / "trainable.safetensors"))
-    return folder
-
-
-def load_head(model: nn.Module, path: str | Path) -> None:
-    """Copy ``head.safetensors`` (written by `save_trained`) into a sequence classifier."""
-    file = Path(path)
-    file = file / "head.safetensors" if file.is_dir() else file
-    tensors = load_file(str(file))
-    head = head_parameters(model)
-    if set(tensors) != set(head):
-        raise ValueError(
-            f"{file} holds {sorted(tensors)}, but this model's head has {sorted(head)}"
-        )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if value.shape != head[name].shape:
-                raise ValueError(
-                    f"{file}: {name} has shape {tuple(value.shape)}, the model's "
-                    f"{tuple(head[name].shape)}; was it trained with another number of labels?"
-                )
-            head[name].copy_(value)
-
-
-def load_trainable(model: nn.Module, path: str | Path) -> None:
-    """Copy ``trainable.safetensors`` (written by `save_trained` for a model that is not a
-    `RoadModel`, e.g. full finetuning) into a model built the same way."""
-    tensors = load_file(str(path))
-    params = dict(model.named_parameters())
-    missing = sorted(set(tensors) - set(params))
-    if missing:
-        raise ValueError(
-            f"{path} holds parameters this model lacks ({missing[:3]}...); build the model the "
-            "way it was trained (a LoRA run needs the same PEFT wrapping)"
-        )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if value.shape != params[name].shape:
-                raise ValueError(
-                    f"{path}: {name} has shape {tuple(value.shape)}, the model's "
-                    f"{tuple(params[name].shape)}"
-                )
-            params[name].copy_(value)
-
-
-def _trainable_adapters(model: nn.Module) -> list[str]:
-    configs = getattr(model, "configs", None)
-    if type(model).__name__ != "RoadModel" or not configs:
-        return []
-    return [
-        name
-        for name in configs
-        if any(p.requires_grad for p in model.adapter_parameters(name).values())  # type: ignore[operator]
-    ]
-
-
-def _cpu(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
-    return {n: p.detach().float().contiguous().cpu() for n, p in params.items()}
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _evaluate_and_keep(
-    model: nn.Module,
-    tokenizer: Any,
-    eval_set: ExampleSet | None,
-    config: TrainConfig,
-    accelerator: Any,
-    out: Path,
-    step: int,
-    best: dict[str, Any] | None,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _evaluate_and_keep(run: _Run, step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Evaluate on the main process; keep ``best/`` when the metric improves."""
+    config, accelerator, best = run.config, run.accelerator, run.best
     result = None
-    if eval_set is not None and accelerator.is_main_process:
+    if run.eval_set is not None and accelerator.is_main_process:
         with accelerator.autocast():
             result = evaluate(
-                model,
-                tokenizer,
-                eval_set,
+                run.model,
+                run.tokenizer,
+                run.eval_set,
                 batch_size=config.eval_batch_size,
                 max_length=config.max_length,
                 progress=config.progress,
             )
-        _append_jsonl(out / "metrics.jsonl", {"step": step, "eval": result})
+        append_metrics(run.out, {"step": step, "eval": result})
         if best is None or result["value"] > best["eval"]["value"]:
             best = {"step": step, "eval": result}
-            save_trained(model, out / "best")
+            save_trained(run.model, run.out / "best")
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -667,137 +724,3 @@ def _evaluate_and_keep(
         broadcast_object_list(shared, from_process=0)
         result, best = shared
     return result, best
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _save_checkpoint(
-    folder: Path,
-    config: TrainConfig,
-    named: dict[str, nn.Parameter],
-    optimizer: Any,
-    scheduler: Any,
-    step: int,
-    best: dict[str, Any] | None,
-    accelerator: Any,
-) -> None:
-    """Write everything a resumed run needs, atomically: parameters, AdamW moments, scheduler,
-    every process's RNG state and the best evaluation so far."""
-    from accelerate.utils import gather_object
-
-    rng_states = gather_object([torch.get_rng_state()])
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return
-    state = optimizer.state_dict()
-    moments: dict[str, Tensor] = {}
-    for index, entry in state["state"].items():
-        for key, value in entry.items():
-            moments[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    rng = {f"rng.{r}": s for r, s in enumerate(rng_states)}
-    meta = {
-        "step": step,
-        "world_size": accelerator.num_processes,
-        "config": config.to_dict(),
-        "parameters": list(named),
-        "param_groups": state["param_groups"],
-        "scheduler": scheduler.state_dict(),
-        "best": best,
-    }
-    with atomic_folder(folder) as tmp:
-        save_file(_cpu(named), str(tmp / "trainable.safetensors"))
-        save_file(moments, str(tmp / "optimizer.safetensors"))
-        save_file(rng, str(tmp / "rng.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-
-
-RESUME_NEUTRAL = ("progress", "eval_batch_size", "log_every", "save_every")
-"""Settings that may change between an interrupted run and its resumption."""
-
-
-def _load_checkpoint(
-    folder: Path,
-    config: TrainConfig,
-    named: dict[str, nn.Parameter],
-    optimizer: Any,
-    scheduler: Any,
-    rank: int,
-    world: int,
-) -> tuple[int, dict[str, Any] | None]:
-    state_file = folder / "state.json"
-    if not state_file.exists():
-        raise ValueError(f"{folder} is not a complete checkpoint (no state.json); delete it")
-    meta = json.loads(state_file.read_text())
-    saved = meta["config"]
-    diffs = {
-        k: (saved.get(k), v)
-        for k, v in config.to_dict().items()
-        if k not in RESUME_NEUTRAL and saved.get(k) != v
-    }
-    if diffs:
-        raise ValueError(
-            f"{folder} belongs to a run with other settings {diffs} (saved, now); resume with "
-            "the same settings or choose another output_dir"
-        )
-    if meta["parameters"] != list(named):
-        raise ValueError(
-            f"{folder} holds parameters {meta['parameters'][:3]}... but the model trains "
-            f"{list(named)[:3]}...; build the model the same way as the interrupted run"
-        )
-    params = load_file(str(folder / "trainable.safetensors"))
-    moments = load_file(str(folder / "optimizer.safetensors"))
-    with torch.no_grad():
-        for name, p in named.items():
-            p.copy_(params[name].to(p.dtype))
-    optimizer_state: dict[int, dict[str, Tensor]] = {}
-    for key, value in moments.items():
-        index, name = key.split(".", 1)
-        optimizer_state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
-    rng = load_file(str(folder / "rng.safetensors"))
-    if meta["world_size"] == world:
-        torch.set_rng_state(rng[f"rng.{rank}"])
-    else:
-        torch.manual_seed(config.seed + meta["step"] + rank)
-    return int(meta["step"]), meta["best"]
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after ``step`` (the interrupted run went past its checkpoint)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
-
-
-def read_metrics(output_dir: str | Path) -> pd.DataFrame:
-    """``metrics.jsonl`` of a run as a table (evaluation records flattened to ``eval_*``)."""
-    rows = []
-    for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        evaluation = record.pop("eval", None)
-        if evaluation:
-            record.update({f"eval_{k}": v for k, v in evaluation.items()})
-        rows.append(record)
-    return pd.DataFrame(rows)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import stat
 import tarfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from road_interp import data
 from road_interp.data import DataError, GymSkill
+from road_interp.files import atomic_file
 
 REAL_CACHE = data.cache_dir()
 SMALL = "strategyqa"  # 0.85 MB
@@ -47,6 +50,24 @@ def make_sdist(path: Path, members: dict[str, bytes]) -> Path:
 
 def leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+def test_atomic_file_replaces_in_one_rename_with_umask_modes(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    umask = os.umask(0o022)
+    try:
+        with atomic_file(target) as tmp:
+            assert tmp.parent == target.parent and not target.exists()
+            tmp.write_text("one")
+    finally:
+        os.umask(umask)
+    assert target.read_text() == "one"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's private 0600
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "one"
+    assert not leftovers(tmp_path)
 
 
 def test_missing_task_says_run_fetch(cache):

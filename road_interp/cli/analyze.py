@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from ..analysis import figures, stats
+from ..files import atomic_file
 
 
 def add_parser(sub) -> None:
@@ -67,25 +66,15 @@ def _str_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary sibling file and rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
-    _atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False)
     return path
 
 
 def write_png(fig: Figure, path: Path) -> Path:
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
     return path
 
 

@@ -42,11 +42,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..baselines import RunSpec, load_for_task
+    from ..checkpoints import load_head, load_trainable
     from ..evaluation import evaluate
     from ..io import load_adapter
     from ..model import RoadModel
     from ..tasks import get_task
-    from ..training import load_head, load_trainable
 
     task = get_task(args.task)
     model, tokenizer = load_for_task(RunSpec(model=args.model, task=args.task), len(task.labels))
