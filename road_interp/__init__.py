@@ -6,14 +6,15 @@ the entry point.
 """
 
 from . import rotation
-from .config import FORMAT_VERSION, RoadConfig
-from .io import AdapterFile, load_adapter, read_adapter, save_adapter, write_adapter, write_peft
+from .config import FORMAT_VERSION, Positions, RoadConfig
+from .io import AdapterFile, read_adapter, write_adapter, write_peft
 from .layers import RoadAdapter, RoadLinear, RoadSite
 from .model import RoadModel
 from .models import fetch_model, load_model, load_tokenizer
 
 __all__ = [
     "FORMAT_VERSION",
+    "Positions",
     "AdapterFile",
     "RoadAdapter",
     "RoadConfig",
@@ -21,12 +22,10 @@ __all__ = [
     "RoadModel",
     "RoadSite",
     "fetch_model",
-    "load_adapter",
     "load_model",
     "load_tokenizer",
     "read_adapter",
     "rotation",
-    "save_adapter",
     "write_adapter",
     "write_peft",
 ]

@@ -9,7 +9,7 @@
                         optimizer.safetensors, rng.safetensors, state.json (step, settings,
                         parameter names, AdamW groups, scheduler, best so far)
     best/  final/       the trained parameters at the best evaluation and at the end: a RoAd
-                        adapter folder (`road_interp.io.save_adapter`) plus head.safetensors
+                        adapter folder (`RoadModel.save_adapter`) plus head.safetensors
                         for an encoder's head, or trainable.safetensors for other models
 
 Everything is safetensors plus JSON; nothing is pickled. The AdamW moments are stored under
@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from .encoding import unwrap
 from .files import atomic_file, atomic_folder
-from .io import save_adapter
 from .model import RoadModel
 
 if TYPE_CHECKING:
@@ -66,16 +65,6 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _trainable_adapters(model: nn.Module) -> list[str]:
-    if not isinstance(model, RoadModel):
-        return []
-    return [
-        name
-        for name in model.configs
-        if any(p.requires_grad for p in model.adapter_parameters(name).values())
-    ]
-
-
 def _cpu(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
     return {n: p.detach().float().contiguous().cpu() for n, p in params.items()}
 
@@ -88,10 +77,10 @@ def save_trained(model: nn.Module, folder: Path) -> Path:
     the folder is that adapter; several: a subfolder each) plus ``head.safetensors``; for any
     other model, ``trainable.safetensors`` with every parameter that requires grad."""
     with atomic_folder(folder) as tmp:
-        adapters = _trainable_adapters(model)
-        if adapters:
+        adapters = model.trainable_adapters() if isinstance(model, RoadModel) else ()
+        if isinstance(model, RoadModel) and adapters:
             for name in adapters:
-                save_adapter(model, name, tmp if len(adapters) == 1 else tmp / name)
+                model.save_adapter(name, tmp if len(adapters) == 1 else tmp / name)
             head = head_parameters(model)
             if head:
                 save_file(_cpu(head), str(tmp / "head.safetensors"))

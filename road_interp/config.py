@@ -1,8 +1,15 @@
 """`RoadConfig`: what a RoAd adapter is, validated once, versioned, JSON round-trip.
 
 A config says *how* an adapter is parametrised (``variant``, ``group_size``), *where* it
-acts (``targets``) and how it starts (``init``). It holds no tensors; shapes come from the
-model the adapter is put into.
+acts (``targets``, ``positions``) and how it starts (``init``). It holds no tensors; shapes
+come from the model the adapter is put into.
+
+Placement, in the manner of pyvene's representation record: ``positions=None`` puts the
+rotation on the output of each targeted Linear / Conv1D layer at every token (a site that can
+be merged into the weights); ``positions=Positions(...)`` puts it on the output of each
+targeted module (any module whose output is (B, L, d), e.g. a transformer block: the residual
+stream) at those token positions only, the placement of a distributed interchange
+intervention.
 """
 
 from __future__ import annotations
@@ -11,8 +18,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FORMAT_VERSION = 1
-"""Version of the config and adapter-folder format. Bumped on incompatible changes."""
+from torch import Tensor
+
+FORMAT_VERSION = 2
+"""Version of the config and adapter-folder format. Bumped on incompatible changes.
+2: positions are part of the config; representation sites are keyed by their module path."""
 
 VARIANTS = ("road_1", "road_2", "road_4")
 """RoAd1: one (α, θ) per plane; RoAd2: one per output coordinate; RoAd4: four per plane."""
@@ -24,6 +34,50 @@ INITS = ("identity", "random")
 TARGET_PRESETS = ("default", "all-linear")
 """default: the per-architecture table in `road_interp.injection`; all-linear: every Linear /
 Conv1D except output heads."""
+
+
+POSITION_KINDS = ("all", "first", "last")
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Which tokens a module-output site rotates: ``all``, or the ``first`` / ``last`` k real
+    tokens of the prompt (``Positions("last")`` is the last prompt token).
+
+    Real tokens are those with attention_mask = 1, so left and right padding both work.
+    """
+
+    kind: str = "all"
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in POSITION_KINDS:
+            raise ValueError(f"unknown positions {self.kind!r}; choose one of {POSITION_KINDS}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive int, got {self.k!r}")
+
+    def mask(self, attention_mask: Tensor) -> Tensor:
+        """Bool (B, L) from an attention mask (B, L) of 1 = real token, 0 = padding."""
+        real = attention_mask.bool()
+        if self.kind == "all":
+            return real
+        rank = real.long().cumsum(dim=1)  # 1-based index among real tokens
+        if self.kind == "first":
+            return real & (rank <= self.k)
+        count = real.long().sum(dim=1, keepdim=True)
+        return real & (rank > count - self.k)
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "all" else f"{self.kind}:{self.k}"
+
+    @classmethod
+    def parse(cls, text: str) -> Positions:
+        """Inverse of ``str``: ``"all"``, ``"last"`` (k = 1), ``"last:3"``, ``"first:2"``."""
+        kind, _, k = text.partition(":")
+        try:
+            return cls(kind, int(k) if k else 1)
+        except ValueError as err:
+            raise ValueError(f"cannot read positions {text!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -38,6 +92,9 @@ class RoadConfig:
             matches a module if it equals its full name, is a dotted suffix of it, or is a
             regular expression that fully matches it.
         init: ``"identity"`` or ``"random"``.
+        positions: None (the default) for Linear / Conv1D outputs at every token, mergeable;
+            or the `Positions` (or their text, ``"last:1"``) at which the outputs of the
+            targeted modules are rotated. Presets need ``positions=None``.
         format_version: the format this config was written in.
     """
 
@@ -45,6 +102,7 @@ class RoadConfig:
     group_size: int = 64
     targets: str | tuple[str, ...] = "default"
     init: str = "identity"
+    positions: Positions | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -69,16 +127,32 @@ class RoadConfig:
                 f"targets must be {TARGET_PRESETS} or a non-empty list of module-name patterns, "
                 f"got {self.targets!r}"
             )
+        if isinstance(self.positions, str):
+            object.__setattr__(self, "positions", Positions.parse(self.positions))
+        if self.positions is not None and not isinstance(self.positions, Positions):
+            raise TypeError(f"positions must be None or Positions, got {self.positions!r}")
+        if self.positions is not None and isinstance(self.targets, str):
+            raise ValueError(
+                f"an adapter on module outputs at positions {self.positions} needs explicit "
+                f"module patterns as targets (e.g. 'model.layers.15'), not the preset "
+                f"{self.targets!r}"
+            )
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"this config has format version {self.format_version}, newer than the "
                 f"{FORMAT_VERSION} this road_interp understands; upgrade road_interp"
             )
 
+    @property
+    def mergeable(self) -> bool:
+        """Whether the adapter acts on Linear / Conv1D outputs (so it can fold into W, b)."""
+        return self.positions is None
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if isinstance(self.targets, tuple):
             data["targets"] = list(self.targets)
+        data["positions"] = None if self.positions is None else str(self.positions)
         return data
 
     @classmethod

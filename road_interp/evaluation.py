@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,7 +36,7 @@ from .encoding import (
     pad,
     unwrap,
 )
-from .representation import prompt_tokens
+from .model import road_model_in
 
 if TYPE_CHECKING:
     from .tasks import Example, Task
@@ -142,8 +143,10 @@ def answer_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     width = labels.shape[1]
     keep = min(width, int((labels != IGNORE_INDEX).sum(1).max()) + 1)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-    # representation sites at prompt positions must not count the answer as prompt
-    with prompt_tokens(batch["attention_mask"].bool() & (labels == IGNORE_INDEX)):
+    # output sites at prompt positions must not count the answer as prompt
+    road = road_model_in(model)
+    prompt = batch["attention_mask"].bool() & (labels == IGNORE_INDEX)
+    with road.prompt_tokens(prompt) if road is not None else nullcontext():
         if _accepts(model, "logits_to_keep"):
             logits = model(**inputs, logits_to_keep=keep).logits  # (B, keep, V)
         else:

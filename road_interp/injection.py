@@ -1,6 +1,14 @@
-"""Which modules of a Hugging Face model get a RoAd site: name patterns and per-architecture
-defaults. Only leaves are replaced (a Linear or Conv1D by a `RoadLinear` holding it), and
-`restore` puts the very same module objects back.
+"""Where RoAd sites go in a Hugging Face model, and the one place that creates them.
+
+`resolve_targets` turns a `RoadConfig`'s targets (name patterns, or a per-architecture
+default) into module paths; `create_site` is the single dispatch that puts a site there:
+
+- ``config.positions is None``: the Linear / Conv1D leaf at the path is replaced by a
+  `RoadLinear` holding it (`remove_site` puts the very same module object back);
+- otherwise a `RoadOutput` is hooked onto the module's output at those positions.
+
+A site is found again under the module's own path (``model.layers.3.self_attn.q_proj``,
+``model.layers.15``), which is also its key in adapter files.
 """
 
 from __future__ import annotations
@@ -10,8 +18,8 @@ import re
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import RoadConfig
-from .layers import RoadLinear, RoadSite
+from .config import Positions, RoadConfig
+from .layers import SITE_ATTR, RoadLinear, RoadOutput, RoadSite, TokenState
 
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -64,11 +72,14 @@ def _is_head(model: nn.Module, name: str, module: nn.Module) -> bool:
 
 
 def resolve_targets(model: nn.Module, config: RoadConfig) -> list[str]:
-    """Names of the Linear / Conv1D modules that ``config.targets`` selects in ``model``.
+    """Paths of the modules that ``config.targets`` selects in ``model``: Linear / Conv1D
+    layers for a mergeable config, any module for one at positions.
 
     Raises ValueError naming the problem if the architecture has no default, or a pattern
-    matches no adaptable module.
+    matches no module of the right kind.
     """
+    if not config.mergeable:
+        return _resolve_modules(model, config.targets)
     candidates: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if isinstance(module, RoadLinear):  # an existing site counts as the layer it wraps
@@ -98,6 +109,118 @@ def resolve_targets(model: nn.Module, config: RoadConfig) -> list[str]:
             )
         chosen.extend(hits)
     return [n for n in candidates if n in set(chosen)]  # model order, no duplicates
+
+
+def _resolve_modules(model: nn.Module, patterns: str | tuple[str, ...]) -> list[str]:
+    modules = dict(model.named_modules())
+    sites = tuple(f"{n}." for n, m in modules.items() if isinstance(m, RoadSite))
+    names = [
+        n
+        for n, m in modules.items()
+        if n and not isinstance(m, RoadSite) and not n.startswith(sites)
+    ]
+    chosen = []
+    for pattern in patterns:
+        hits = [n for n in names if pattern_matches(pattern, n)]
+        if not hits:
+            blocks = [n for n in names if n.split(".")[-1].isdigit()][:4]
+            raise ValueError(
+                f"target pattern {pattern!r} matches no module of this model; blocks are named "
+                f"like: {', '.join(blocks)}"
+            )
+        chosen.extend(hits)
+    return list(dict.fromkeys(chosen))
+
+
+def site_at(model: nn.Module, path: str) -> RoadSite | None:
+    """The site at module path ``path`` of ``model``, or None."""
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return None
+    if isinstance(module, RoadSite):
+        return module
+    site = getattr(module, SITE_ATTR, None)
+    return site if isinstance(site, RoadOutput) else None
+
+
+def find_sites(model: nn.Module) -> dict[str, RoadSite]:
+    """Every site in ``model``, keyed by its module path (an output site by the path of the
+    module whose output it rotates)."""
+    out: dict[str, RoadSite] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, RoadOutput):
+            out[name.rpartition(".")[0]] = module
+        elif isinstance(module, RoadSite):
+            out[name] = module
+    return out
+
+
+def site_size(model: nn.Module, path: str, config: RoadConfig) -> int:
+    """The size d a new site at ``path`` would have: the layer's output size for a mergeable
+    config, the model's ``hidden_size`` for module outputs (blocks, attention and MLP
+    outputs)."""
+    if config.mergeable:
+        size = out_features(model.get_submodule(path))
+        assert size is not None  # resolve_targets returns adaptable layers only
+        return size
+    size = getattr(getattr(model, "config", None), "hidden_size", None)
+    if size is None:
+        raise ValueError(
+            f"this model's config has no hidden_size, so the size of the output of {path} is "
+            "unknown; pass size= when adding the adapter"
+        )
+    return int(size)
+
+
+def check_site(model: nn.Module, path: str, size: int, positions: Positions | None) -> None:
+    """Raise ValueError if `create_site` could not put (or find) such a site at ``path``."""
+    existing = site_at(model, path)
+    if existing is not None:
+        ours = existing.positions if isinstance(existing, RoadOutput) else None
+        if ours != positions or existing.size != size:
+            where = "its Linear output" if ours is None else f"positions {ours}"
+            wanted = "its Linear output" if positions is None else f"positions {positions}"
+            raise ValueError(
+                f"already has a site acting at {where} with size {existing.size}; one site per "
+                f"module, so an adapter at {wanted} with size {size} cannot go there"
+            )
+        return
+    module = model.get_submodule(path)
+    if positions is None and not isinstance(module, ADAPTABLE):
+        raise ValueError(
+            f"a {type(module).__name__} is not a Linear or Conv1D layer; give the adapter "
+            "positions to act on its output instead"
+        )
+
+
+def create_site(
+    model: nn.Module, path: str, size: int, positions: Positions | None, tokens: TokenState
+) -> RoadSite:
+    """The site at ``path`` for an adapter placed at ``positions`` (None: the Linear /
+    Conv1D layer itself), created if there is none yet; output sites read ``tokens``.
+    Raises ValueError, changing nothing, where `check_site` does."""
+    check_site(model, path, size, positions)
+    existing = site_at(model, path)
+    if existing is not None:
+        return existing
+    module = model.get_submodule(path)
+    if positions is None:
+        site: RoadSite = RoadLinear(module, name=path)
+        replace_module(model, path, site)
+        return site
+    output = RoadOutput(size, path, positions, tokens)
+    output.attach(module)
+    return output
+
+
+def remove_site(model: nn.Module, path: str) -> None:
+    """Take the site at ``path`` out of ``model``, restoring the original module object."""
+    site = site_at(model, path)
+    if isinstance(site, RoadOutput):
+        site.detach()
+    elif isinstance(site, RoadLinear):
+        replace_module(model, path, site.base_layer)
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

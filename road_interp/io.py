@@ -1,11 +1,15 @@
-"""Adapter folders on disk: ours (safetensors + JSON) and PEFT's RoAd format.
+"""Adapter folders on disk: ours (safetensors + JSON) and PEFT's RoAd format. No model here:
+`road_interp.model.RoadModel` puts an `AdapterFile` on a model and takes one back.
 
-Our folder::
+Our folder (format 2)::
 
-    road_config.json          {"format_version", "adapter": RoadConfig, "base_model": {...},
-                               "sites": {"<module path>": d},
-                               "positions": "last:1"   (representation sites only)}
+    road_config.json          {"format_version", "adapter": RoadConfig (placement included),
+                               "base_model": {...}, "sites": {"<module path>": d}}
     road_adapter.safetensors  "<module path>.theta", "<module path>.alpha" (float32)
+
+A site is keyed by the path of the module it acts on: the Linear layer, or for an adapter at
+token positions, the module whose output it rotates (``model.layers.15``). Format 1 folders
+(positions beside the config, output sites keyed ``<module>.road_output``) are read too.
 
 PEFT's folder::
 
@@ -13,24 +17,23 @@ PEFT's folder::
     adapter_model.safetensors "base_model.model.<module path>.road_theta" / ".road_alpha"
 
 Both parameter layouts are the same (see `road_interp.rotation`), so import and export copy
-tensors. `read_adapter` reads either without a model; folders are written atomically.
+tensors. `read_adapter` reads either; folders are written atomically.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .config import FORMAT_VERSION, RoadConfig
+from .config import FORMAT_VERSION, Positions, RoadConfig
 from .files import atomic_folder
-from .injection import out_features
-from .rotation import PARAMS_PER_COORDINATE
+from .layers import SITE_ATTR
+from .rotation import Layout
 
 CONFIG_FILE = "road_config.json"
 WEIGHTS_FILE = "road_adapter.safetensors"
@@ -47,15 +50,18 @@ class AdapterFile:
     base_model: dict[str, Any]
     params: dict[str, tuple[Tensor, Tensor]]
     """site path -> (θ, α)."""
-    positions: str | None = None
-    """For adapters on module outputs (`road_interp.representation`): the token positions they
-    act at, as ``str(Positions)`` (``"all"``, ``"last:1"``, ...). None for linear layers."""
+
+    @property
+    def positions(self) -> Positions | None:
+        """Where the adapter acts: None for Linear / Conv1D outputs, else the token positions
+        of its module outputs (``config.positions``)."""
+        return self.config.positions
 
     @property
     def sites(self) -> dict[str, int]:
         """site path -> site size d."""
-        factor = PARAMS_PER_COORDINATE[self.config.variant]
-        return {name: int(theta.numel() / factor) for name, (theta, _) in self.params.items()}
+        layout = Layout.of(self.config)
+        return {name: layout.site_size(theta.numel()) for name, (theta, _) in self.params.items()}
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -98,25 +104,46 @@ def _read_ours(folder: Path) -> AdapterFile:
             f"{folder / CONFIG_FILE} has format version {version!r}; this road_interp reads up to "
             f"{FORMAT_VERSION}; upgrade road_interp"
         )
-    unknown = set(meta) - {"format_version", "adapter", "base_model", "sites", "positions"}
+    renamed: dict[str, str] = {}
+    if version == 1:
+        meta, renamed = _upgrade_v1(meta, folder)
+    unknown = set(meta) - {"format_version", "adapter", "base_model", "sites"}
     if unknown:
         raise ValueError(f"{folder / CONFIG_FILE} has unknown keys {sorted(unknown)}")
     config = RoadConfig.from_dict(meta["adapter"])
     tensors = _read_tensors(folder / WEIGHTS_FILE)
     params = {}
     for site in meta["sites"]:
+        stored = renamed.get(site, site)
         try:
-            params[site] = (tensors[f"{site}.theta"], tensors[f"{site}.alpha"])
+            params[site] = (tensors[f"{stored}.theta"], tensors[f"{stored}.alpha"])
         except KeyError:
             raise ValueError(
-                f"{folder / WEIGHTS_FILE} lacks the parameters of site {site}"
+                f"{folder / WEIGHTS_FILE} lacks the parameters of site {stored}"
             ) from None
-    positions = meta.get("positions")
-    if positions is not None and not isinstance(positions, str):
-        raise ValueError(f"{folder / CONFIG_FILE}: positions must be a string, got {positions!r}")
-    adapter = AdapterFile(config, meta["base_model"], params, positions)
+    adapter = AdapterFile(config, meta["base_model"], params)
     _check_shapes(adapter, meta["sites"], folder)
     return adapter
+
+
+def _upgrade_v1(meta: dict[str, Any], folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Format 1 -> 2: positions move into the config; output sites lose ``.road_output``.
+    Returns the upgraded metadata and, per site key, the tensor prefix it is stored under."""
+    meta = dict(meta)
+    positions = meta.pop("positions", None)
+    if positions is not None and not isinstance(positions, str):
+        raise ValueError(f"{folder / CONFIG_FILE}: positions must be a string, got {positions!r}")
+    suffix = f".{SITE_ATTR}"
+    sites = meta.get("sites", {})
+    renamed = {s.removesuffix(suffix): s for s in sites}
+    meta["sites"] = {s.removesuffix(suffix): d for s, d in sites.items()}
+    adapter = dict(meta.get("adapter", {}))
+    targets = adapter.get("targets")
+    if isinstance(targets, list):
+        adapter["targets"] = [t.removesuffix(suffix) for t in targets]
+    adapter.update(positions=positions, format_version=FORMAT_VERSION)
+    meta["adapter"] = adapter
+    return meta, renamed
 
 
 def _read_peft(folder: Path) -> AdapterFile:
@@ -146,7 +173,7 @@ def _read_peft(folder: Path) -> AdapterFile:
 
 def _check_shapes(adapter: AdapterFile, sizes: dict[str, int], where: Path) -> None:
     for site, (theta, alpha) in adapter.params.items():
-        expected = int(PARAMS_PER_COORDINATE[adapter.config.variant] * sizes[site])
+        expected = Layout.of(adapter.config).num_params(sizes[site])
         if theta.shape != (expected,) or alpha.shape != (expected,):
             raise ValueError(
                 f"{where}: site {site} has θ {tuple(theta.shape)} and α {tuple(alpha.shape)}, "
@@ -168,8 +195,6 @@ def write_adapter(adapter: AdapterFile, path: str | Path) -> Path:
         "base_model": adapter.base_model,
         "sites": adapter.sites,
     }
-    if adapter.positions is not None:
-        meta["positions"] = adapter.positions
     with atomic_folder(folder) as tmp:
         save_file(
             tensors,
@@ -208,78 +233,3 @@ def write_peft(adapter: AdapterFile, path: str | Path) -> Path:
         save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder
-
-
-# -- with a model -------------------------------------------------------------------------------
-def adapter_from_model(model, name: str) -> AdapterFile:
-    """Snapshot adapter ``name`` of a `RoadModel` (tensors are detached copies)."""
-    sites = model.sites_of(name)
-    params = {
-        site: (a.adapter(name).theta.detach().clone(), a.adapter(name).alpha.detach().clone())
-        for site, a in sites.items()
-    }
-    positions = {str(p) for a in sites.values() if (p := getattr(a, "positions", None))}
-    if len(positions) > 1:
-        raise ValueError(f"adapter {name!r} acts at several positions {sorted(positions)}")
-    return AdapterFile(
-        model.configs[name],
-        model.base_model_identity,
-        params,
-        positions.pop() if positions else None,
-    )
-
-
-def save_adapter(model, name: str, path: str | Path, *, peft: bool = False) -> Path:
-    """Save adapter ``name`` of a `RoadModel` (``peft=True``: in PEFT's format)."""
-    adapter = adapter_from_model(model, name)
-    return write_peft(adapter, path) if peft else write_adapter(adapter, path)
-
-
-def check_compatible(model, adapter: AdapterFile, where: str = "adapter") -> None:
-    """Raise ValueError if ``adapter`` was made for a model of another type or other shapes."""
-    ours = model.base_model_identity
-    theirs = adapter.base_model
-    if theirs.get("model_type") and theirs["model_type"] != ours["model_type"]:
-        raise ValueError(
-            f"{where} was made for a {theirs['model_type']!r} model ({theirs.get('architecture')}), "
-            f"this model is {ours['model_type']!r} ({ours['architecture']})"
-        )
-    modules = dict(model.model.named_modules())
-    for site, size in adapter.sites.items():
-        module = modules.get(site)
-        if module is None:
-            raise ValueError(
-                f"{where} has a site {site} that this {ours['architecture']} does not have; "
-                "was it made for another architecture?"
-            )
-        actual = out_features(module)
-        if actual != size:
-            raise ValueError(
-                f"{where}: site {site} has size {size} in the adapter but {actual} in this model"
-            )
-
-
-def load_adapter(model, path: str | Path, name: str | None = None, *, activate: bool = True) -> str:
-    """Load an adapter folder (ours or PEFT's) into a `RoadModel` as ``name`` (default: the
-    folder's name). Everything is checked before the model changes. Returns the name."""
-    adapter = read_adapter(path)
-    if adapter.positions is not None:
-        raise ValueError(
-            f"{path} acts on module outputs at positions {adapter.positions}, not on linear "
-            "layers; load it with road_interp.representation.load_output_adapter"
-        )
-    name = name or Path(path).name
-    check_compatible(model, adapter, where=str(path))
-    add_adapter_file(model, adapter, name, activate=activate)
-    return name
-
-
-def add_adapter_file(model, adapter: AdapterFile, name: str, *, activate: bool = True) -> None:
-    """Add an in-memory `AdapterFile` to a `RoadModel` on exactly its sites."""
-    config = replace(adapter.config, targets=tuple(adapter.params))
-    model.add_adapter(name, config, activate=activate)
-    with torch.no_grad():
-        for site, (theta, alpha) in adapter.params.items():
-            target = model.sites[site].adapter(name)
-            target.theta.copy_(theta)
-            target.alpha.copy_(alpha)

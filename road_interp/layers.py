@@ -7,21 +7,33 @@ A `RoadSite` holds named adapters and an active set, and rotates a hidden vector
 (..., d) by each active adapter in order. Mixed-adapter serving sets ``site.routing`` to per-row
 coefficients (B, d) instead (see `road_interp.bank`).
 
-`RoadLinear` wraps an ``nn.Linear`` or a transformers GPT-2 ``Conv1D``: the rotation acts on
-the layer's output, bias included, so it can be merged: W' = R W, b' = R b.
+The two kinds of site, one per placement (`RoadConfig.positions`):
+
+- `RoadLinear` wraps an ``nn.Linear`` or a transformers GPT-2 ``Conv1D``: the rotation acts on
+  the layer's output, bias included, at every token, so it can be merged: W' = R W, b' = R b.
+- `RoadOutput` acts on any module's output (B, L, d) (or the first element of a tuple output)
+  at chosen token `Positions` only, through a forward hook on that module:
+  z[b, t] = R h[b, t] where the positions select token t of row b, else h[b, t]. Which tokens
+  are the prompt's real tokens is read once per forward by the model's `Router`
+  (`road_interp.routing`) into a shared `TokenState`.
+
+Sites are created only by `road_interp.injection.create_site`.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 from transformers.pytorch_utils import Conv1D
 
 from . import rotation
-from .config import RoadConfig
+from .config import Positions, RoadConfig
 
 
 class RoadAdapter(nn.Module):
@@ -199,6 +211,89 @@ class RoadLinear(RoadSite):
                 c, s = rotation.coefficients(
                     adapter.variant, adapter.group_size, adapter.theta, adapter.alpha
                 )
-                c_inv, s_inv = rotation.invert(c.float(), s.float(), adapter.group_size)
+                c_inv, s_inv = rotation.invert_coefficients(
+                    c.float(), s.float(), adapter.group_size
+                )
             self._fold(c_inv, s_inv, adapter.group_size)
         self.merged = ()
+
+
+@dataclass
+class TokenState:
+    """What the current forward pass's inputs say about tokens, shared by a model's sites.
+
+    Set by the model's `road_interp.routing.Router` before each forward:
+    ``prompt`` (B, L) bool marks each row's real prompt tokens (under teacher forcing, the
+    prompt part of prompt + answer), None when the input had no token axis; ``decoding`` is
+    True for the decode steps of ``generate`` (a non-empty KV cache)."""
+
+    prompt: Tensor | None = None
+    decoding: bool = False
+
+
+SITE_ATTR = "road_output"
+"""Name under which a `RoadOutput` sits inside its target module (so that its parameters are
+part of the model); adapter files key it by the target module's own path."""
+
+
+class RoadOutput(RoadSite):
+    """A site on a module's output, acting at `Positions`; see the module docstring.
+
+    During ``generate`` the decode steps (a non-empty cache) are rotated only for
+    ``Positions("all")``; prompt positions act through the cache, as in pyvene's
+    ``intervene_on_prompt``.
+    """
+
+    def __init__(self, size: int, name: str, positions: Positions, tokens: TokenState):
+        super().__init__(size, name)
+        self.positions = positions
+        self.tokens = tokens
+        self._handle: RemovableHandle | None = None
+        # the target module, held weakly: as a registered submodule it would make a cycle
+        self._parent: weakref.ref[nn.Module] | None = None
+
+    def attach(self, target: nn.Module) -> None:
+        """Hook into ``target``'s output and sit inside it as its child ``road_output``."""
+        if self._handle is not None:
+            raise RuntimeError(f"{self.site_name} is already attached")
+        if hasattr(target, SITE_ATTR):
+            raise ValueError(f"{self.site_name}: the module already has an output site")
+        target.add_module(SITE_ATTR, self)
+        self._parent = weakref.ref(target)
+        self._handle = target.register_forward_hook(self._rotate_output)
+
+    def detach(self) -> None:
+        """Remove the hook and take the site out of its module (safe to call twice)."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+        parent = self._parent() if self._parent is not None else None
+        if parent is not None and getattr(parent, SITE_ATTR, None) is self:
+            delattr(parent, SITE_ATTR)
+        self._parent = None
+
+    def _rotate_output(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        h = output[0] if isinstance(output, tuple) else output
+        if h.shape[-1] != self.size:
+            raise ValueError(
+                f"{self.site_name}: the site has size {self.size} but the module's output has "
+                f"last dimension {h.shape[-1]}; pass size={h.shape[-1]} when adding the adapter"
+            )
+        if self.positions.kind == "all":
+            z = self.rotate(h)
+        elif self.tokens.decoding:
+            return output
+        else:
+            prompt = self.tokens.prompt
+            if prompt is None or h.dim() != 3 or tuple(prompt.shape) != tuple(h.shape[:2]):
+                raise ValueError(
+                    f"{self.site_name}: positions {self.positions} need the (batch, tokens) of "
+                    f"the model inputs, but the module's output is {tuple(h.shape)}; use "
+                    "Positions('all') for outputs without a token axis"
+                )
+            mask = self.positions.mask(prompt).unsqueeze(-1).to(h.device)  # (B, L, 1)
+            z = torch.where(mask, self.rotate(h), h)
+        return (z, *output[1:]) if isinstance(output, tuple) else z
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, positions={self.positions}"

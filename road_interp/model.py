@@ -2,35 +2,52 @@
 
     model = RoadModel(hf_model)
     model.add_adapter("sentiment", RoadConfig(variant="road_1", group_size=64))
-    logits = model(**batch).logits          # the active adapters act
+    logits = model(**batch).logits          # the active adapter acts
     with model.disabled():                  # the base model, bit-identical
         ...
     model.merge(); model.unmerge()          # fold into W, b and back, O(d·k) per layer
+    model.save_adapter("sentiment", "adapters/sentiment")
+    model.load_adapter("adapters/other")    # ours or PEFT's, any placement; or an AdapterFile
     base = model.remove()                   # the original modules back in place
 
-The wrapped model keeps its own module paths: the site of ``bert.encoder.layer.0.attention.
-self.query`` is found under that name in `RoadModel.sites`.
+`RoadModel` owns every site: adapters of both placements (`RoadConfig.positions`) are added
+and loaded here, sites are created by the single dispatch `road_interp.injection.create_site`,
+and its `road_interp.routing.Router` holds the one hook on the wrapped model. The wrapped model
+keeps its own module paths: the site of ``bert.encoder.layer.0.attention.self.query`` is found
+under that name in `RoadModel.sites`, and an adapter on block 15's output under
+``model.layers.15``.
+
+Activation and training follow PEFT: `add_adapter` makes the new adapter the only active one
+and the only trainable one (the base model and other adapters are frozen); `load_adapter`
+activates a frozen copy. Stack adapters explicitly with ``set_active("a", "b")``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import injection
 from .config import RoadConfig
-from .layers import RoadLinear, RoadSite
-from .representation import remove_output_sites
+from .io import AdapterFile, read_adapter, write_adapter, write_peft
+from .layers import RoadLinear, RoadOutput, RoadSite
 from .rotation import check_pairing
+from .routing import Router, RowCoefficients
+
+RESERVED_NAMES = frozenset(name for name in dir(nn.ModuleDict()) if not name.startswith("__"))
+"""Adapter names that would shadow an attribute of the ModuleDict holding a site's adapters
+(``train``, ``eval``, ``to``, ``forward``, ...)."""
 
 
 class RoadModel(nn.Module):
-    """Wraps a model; adds, activates, merges and removes RoAd adapters on its leaves."""
+    """Wraps a model; adds, loads, activates, merges and removes RoAd adapters on it."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -40,12 +57,13 @@ class RoadModel(nn.Module):
         self.configs: dict[str, RoadConfig] = {}
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         self.active: tuple[str, ...] = ()
+        self.router = Router(model)
 
     # -- structure --------------------------------------------------------------------------
     @property
     def sites(self) -> dict[str, RoadSite]:
         """Every site, keyed by the wrapped model's own module path."""
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, RoadSite)}
+        return injection.find_sites(self.model)
 
     def linear_sites(self) -> dict[str, RoadLinear]:
         return {n: m for n, m in self.sites.items() if isinstance(m, RoadLinear)}
@@ -67,40 +85,85 @@ class RoadModel(nn.Module):
 
     # -- adapters ---------------------------------------------------------------------------
     def add_adapter(
-        self, name: str, config: RoadConfig, *, seed: int | None = None, activate: bool = True
+        self,
+        name: str,
+        config: RoadConfig,
+        *,
+        seed: int | None = None,
+        activate: bool = True,
+        size: int | None = None,
     ) -> None:
-        """Put adapter ``name`` on every module ``config.targets`` selects.
+        """Put a new adapter ``name`` where ``config`` says (targets and positions).
 
-        All targets are checked (pairing, existence) before anything changes. The base
-        model's own parameters are frozen; the new adapter's parameters are trainable.
+        ``size``: the site size for module outputs (default: the model's ``hidden_size``).
+        All targets are checked before anything changes. The new adapter is trainable; the
+        base model and every other adapter are frozen. ``activate``: make it the only active
+        adapter.
         """
-        if name in self.configs:
-            raise ValueError(f"an adapter named {name!r} already exists; delete_adapter() it first")
-        if not name or "." in name:
-            raise ValueError(f"adapter names must be non-empty and contain no '.', got {name!r}")
+        self._check_new_name(name)
         targets = injection.resolve_targets(self.model, config)
-        modules = dict(self.model.named_modules())
-        for target in targets:
-            size = injection.out_features(modules[target])
-            assert size is not None  # resolve_targets returns adaptable layers only
-            try:
-                check_pairing(size, config.group_size)
-            except ValueError as err:
-                raise ValueError(f"module {target}: {err}") from None
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        sizes = {t: size or injection.site_size(self.model, t, config) for t in targets}
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        for target in targets:
-            site = modules[target]
-            if not isinstance(site, RoadLinear):
-                site = RoadLinear(modules[target], name=target)
-                injection.replace_module(self.model, target, site)
-            adapter = site.add_adapter(name, config, generator)
-            device = site.base_layer.weight.device
-            adapter.to(device)
-        self.configs[name] = config
+        self._attach(name, config, sizes, generator)
+        self.set_trainable(name)
         if activate:
-            self.set_active(*self.active, name)
+            self.set_active(name)
+
+    def load_adapter(
+        self,
+        source: str | Path | AdapterFile,
+        name: str | None = None,
+        *,
+        activate: bool = True,
+        trainable: bool = False,
+    ) -> str:
+        """Put a stored adapter on this model: a folder (ours in any format version, or
+        PEFT's RoAd) or an in-memory `AdapterFile`, on exactly its sites and placement.
+
+        ``name`` defaults to the folder's name (required for an `AdapterFile`). Everything is
+        checked before the model changes. The loaded adapter is frozen unless ``trainable``.
+        Returns the name.
+        """
+        if isinstance(source, AdapterFile):
+            if name is None:
+                raise ValueError("give a name= to load an in-memory AdapterFile")
+            adapter, where = source, f"adapter {name!r}"
+        else:
+            adapter, where = read_adapter(source), str(source)
+            name = name or Path(source).name
+        self._check_new_name(name)
+        self.check_fits(adapter, where)
+        config = replace(adapter.config, targets=tuple(adapter.params))
+        self._attach(name, config, adapter.sites, None)
+        with torch.no_grad():
+            for path, site in self.sites_of(name).items():
+                theta, alpha = adapter.params[path]
+                site.adapter(name).theta.copy_(theta)
+                site.adapter(name).alpha.copy_(alpha)
+        if trainable:
+            self.set_trainable(*self.trainable_adapters(), name)
+        else:
+            for p in self.adapter_parameters(name).values():
+                p.requires_grad_(False)
+        if activate:
+            self.set_active(name)
+        return name
+
+    def adapter_file(self, name: str) -> AdapterFile:
+        """Adapter ``name`` as an `AdapterFile` (detached copies of θ, α)."""
+        params = {
+            path: (
+                site.adapter(name).theta.detach().clone(),
+                site.adapter(name).alpha.detach().clone(),
+            )
+            for path, site in self.sites_of(name).items()
+        }
+        return AdapterFile(self.configs[name], self.base_model_identity, params)
+
+    def save_adapter(self, name: str, path: str | Path, *, peft: bool = False) -> Path:
+        """Write adapter ``name`` as a folder, atomically (``peft=True``: PEFT's format)."""
+        adapter = self.adapter_file(name)
+        return write_peft(adapter, path) if peft else write_adapter(adapter, path)
 
     def delete_adapter(self, name: str) -> None:
         self._check_names([name])
@@ -117,6 +180,102 @@ class RoadModel(nn.Module):
         for site in self.sites.values():
             site.set_active(n for n in names if n in site.adapters)
         self.active = tuple(names)
+
+    def set_trainable(self, *names: str) -> None:
+        """Make exactly these adapters' parameters trainable (the base model stays frozen)."""
+        self._check_names(names)
+        for other in self.configs:
+            for p in self.adapter_parameters(other).values():
+                p.requires_grad_(other in names)
+
+    def trainable_adapters(self) -> tuple[str, ...]:
+        """Adapters with a parameter that requires grad."""
+        return tuple(
+            n
+            for n in self.configs
+            if any(p.requires_grad for p in self.adapter_parameters(n).values())
+        )
+
+    def check_fits(self, adapter: AdapterFile, where: str = "adapter") -> None:
+        """Raise ValueError if ``adapter`` was made for a model of another type or shapes."""
+        ours, theirs = self.base_model_identity, adapter.base_model
+        if theirs.get("model_type") and theirs["model_type"] != ours["model_type"]:
+            raise ValueError(
+                f"{where} was made for a {theirs['model_type']!r} model "
+                f"({theirs.get('architecture')}), this model is {ours['model_type']!r} "
+                f"({ours['architecture']})"
+            )
+        modules = dict(self.model.named_modules())
+        for path, size in adapter.sites.items():
+            if path not in modules:
+                raise ValueError(
+                    f"{where} has a site {path} that this {ours['architecture']} does not "
+                    "have; was it made for another architecture?"
+                )
+            actual = injection.out_features(modules[path]) if adapter.positions is None else size
+            if actual != size:
+                raise ValueError(
+                    f"{where}: site {path} has size {size} in the adapter but {actual} in "
+                    "this model"
+                )
+
+    def _attach(
+        self,
+        name: str,
+        config: RoadConfig,
+        sizes: Mapping[str, int],
+        generator: torch.Generator | None,
+    ) -> None:
+        """Put adapter ``name`` on the sites ``sizes`` names (created as needed), all checked
+        first; the base model is frozen."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        sites, _ = self.ensure_sites(sizes, config)
+        device = _device(self.model)
+        for site in sites.values():
+            site.add_adapter(name, config, generator).to(device)
+        self.configs[name] = config
+
+    def ensure_sites(
+        self, sizes: Mapping[str, int], config: RoadConfig
+    ) -> tuple[dict[str, RoadSite], set[str]]:
+        """The sites at these module paths for adapters placed as ``config`` says (its group
+        size and positions), created through `injection.create_site` where missing.
+
+        Every path is checked before any site is created. Returns the sites and the paths of
+        those created now (`remove_sites` takes them out again)."""
+        for path, size in sizes.items():
+            try:
+                check_pairing(size, config.group_size)
+                injection.check_site(self.model, path, size, config.positions)
+            except ValueError as err:
+                raise ValueError(f"module {path}: {err}") from None
+        existing = self.sites
+        sites = {
+            path: injection.create_site(
+                self.model, path, size, config.positions, self.router.tokens
+            )
+            for path, size in sizes.items()
+        }
+        return sites, set(sites) - set(existing)
+
+    def remove_sites(self, paths: Iterator[str] | set[str]) -> None:
+        """Take the sites at these paths out of the model (they must hold no adapter)."""
+        for path in paths:
+            site = injection.site_at(self.model, path)
+            if site is not None and len(site.adapters):
+                raise ValueError(f"{path} still holds adapters {list(site.adapters)}")
+            injection.remove_site(self.model, path)
+
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"adapter names must be non-empty and contain no '.', got {name!r}")
+        if name in RESERVED_NAMES:
+            raise ValueError(
+                f"{name!r} is the name of a torch Module attribute; choose another adapter name"
+            )
+        if name in self.configs:
+            raise ValueError(f"an adapter named {name!r} already exists; delete_adapter() it first")
 
     def _check_names(self, names) -> None:
         unknown = [n for n in names if n not in self.configs]
@@ -144,6 +303,25 @@ class RoadModel(nn.Module):
             out[f"{site_name}.alpha"] = adapter.alpha
         return out
 
+    # -- routing ----------------------------------------------------------------------------
+    def route(
+        self,
+        rows: RowCoefficients,
+        group_size: int,
+        *,
+        requests: int | None = None,
+        exclusive: bool = True,
+    ) -> Any:
+        """Per-row rotations for the forward passes inside (see `Router.route`)."""
+        return self.router.route(
+            self.sites, rows, group_size, requests=requests, exclusive=exclusive
+        )
+
+    def prompt_tokens(self, mask: Tensor) -> Any:
+        """Inside, output sites take each row's prompt to be where ``mask`` (B, L) is True
+        (see `Router.prompt_tokens`)."""
+        return self.router.prompt_tokens(mask)
+
     # -- merging and removal ----------------------------------------------------------------
     def merge(self) -> None:
         """Fold the active adapters into every Linear/Conv1D site's weights."""
@@ -159,30 +337,34 @@ class RoadModel(nn.Module):
             site.unmerge()
 
     def remove(self) -> nn.Module:
-        """Take every site out and return the wrapped model with its original modules (bit-
-        identical to before if nothing is merged; merged sites are unmerged first)."""
+        """Take every site and the hook out and return the wrapped model with its original
+        modules (bit-identical to before if nothing is merged; merged sites are unmerged
+        first) and its original ``requires_grad`` flags."""
         self.unmerge()
-        remove_output_sites(self)  # representation sites: hooks and modules
-        for name, site in self.linear_sites().items():
-            injection.replace_module(self.model, name, site.base_layer)
+        return self._unload()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold the active adapters in and return a plain model: no sites, no hook, and the
+        parameters' original ``requires_grad`` flags."""
+        outputs = [n for n, s in self.sites.items() if isinstance(s, RoadOutput)]
+        if outputs:
+            raise ValueError(
+                f"sites on module outputs at token positions ({outputs[0]}, ...) cannot be "
+                "folded into weights; save the adapter and remove() the model instead"
+            )
+        self.merge()
+        for site in self.linear_sites().values():
+            site.merged = ()
+        return self._unload()
+
+    def _unload(self) -> nn.Module:
+        for path in self.sites:
+            injection.remove_site(self.model, path)
+        self.router.close()
         for n, p in self.model.named_parameters():
             p.requires_grad_(self._base_requires_grad.get(n, p.requires_grad))
         self.configs.clear()
         self.active = ()
-        return self.model
-
-    def merge_and_unload(self) -> nn.Module:
-        """Fold the active adapters in and return a plain model (no sites)."""
-        if len(self.sites) != len(self.linear_sites()):
-            raise ValueError(
-                "representation sites (module outputs at token positions) cannot be folded into "
-                "weights; save the adapter and remove() the model instead"
-            )
-        self.merge()
-        for name, site in self.linear_sites().items():
-            site.merged = ()
-            injection.replace_module(self.model, name, site.base_layer)
-        self.configs.clear()
         return self.model
 
     # -- running ----------------------------------------------------------------------------
@@ -193,6 +375,10 @@ class RoadModel(nn.Module):
         return self.model.generate(*args, **kwargs)  # type: ignore[operator]
 
     # -- reporting --------------------------------------------------------------------------
+    def adapter_parameter_ids(self) -> set[int]:
+        """ids of every adapter parameter in the model (to tell them from the base model's)."""
+        return {id(p) for site in self.sites.values() for p in site.adapters.parameters()}
+
     def trainable_report(self, name: str | None = None) -> pd.DataFrame:
         """Parameters of adapter ``name`` (default: the first active) per module type.
 
@@ -201,15 +387,12 @@ class RoadModel(nn.Module):
         name = name or (self.active[0] if self.active else next(iter(self.configs), None))
         if name is None:
             raise ValueError("this model has no adapters yet")
-        base = sum(p.numel() for n, p in self.model.named_parameters() if ".adapters." not in n)
+        ours = self.adapter_parameter_ids()
+        base = sum(p.numel() for p in self.model.parameters() if id(p) not in ours)
         rows: dict[str, list[int]] = {}
         for site_name, site in self.sites_of(name).items():
             a = site.adapter(name)
-            kind = (
-                site_name.rsplit(".", 1)[-1]
-                if "layer" not in site_name
-                else _module_type(site_name)
-            )
+            kind = _module_type(site_name)
             rows.setdefault(kind, [0, 0])
             rows[kind][0] += 1
             rows[kind][1] += a.theta.numel() + a.alpha.numel()
@@ -224,9 +407,29 @@ class RoadModel(nn.Module):
         return table
 
 
+def road_model_in(model: nn.Module) -> RoadModel | None:
+    """The `RoadModel` that ``model`` is or wraps (through DDP's ``module``), or None."""
+    for _ in range(4):
+        if isinstance(model, RoadModel):
+            return model
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return None
+        model = inner
+    return None
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def _module_type(site_name: str) -> str:
-    """The part of a module path after the block index: 'model.layers.3.mlp.up_proj' -> 'mlp.up_proj'."""
+    """The part of a module path after the block index: 'model.layers.3.mlp.up_proj' ->
+    'mlp.up_proj'; a block output 'model.layers.3' -> 'block'."""
     parts = site_name.split(".")
+    if parts[-1].isdigit():
+        return "block"
     for i in range(len(parts) - 1, -1, -1):
         if parts[i].isdigit():
             return ".".join(parts[i + 1 :])

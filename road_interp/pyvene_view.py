@@ -45,9 +45,9 @@ from pyvene.models.interventions import (
 from torch import Tensor, nn
 
 from . import rotation
-from .config import VARIANTS, RoadConfig
+from .config import Positions, RoadConfig
+from .io import AdapterFile
 from .layers import RoadAdapter, RoadSite
-from .representation import Positions
 
 
 class RoadIntervention(
@@ -62,8 +62,9 @@ class RoadIntervention(
         pyvene_metadata: the keyword arguments pyvene passes when it builds or loads the
             intervention (ignored here, kept by pyvene's base class).
 
-    The state dict holds ``adapter.theta``, ``adapter.alpha`` and two buffers with the variant
-    and group size, so ``IntervenableModel.load`` rebuilds the right shapes.
+    The state dict holds ``adapter.theta``, ``adapter.alpha`` and two buffers, the variant's
+    name (as UTF-8 bytes) and the group size, so ``IntervenableModel.load`` rebuilds the right
+    shapes.
     """
 
     def __init__(
@@ -77,7 +78,7 @@ class RoadIntervention(
     ):
         super().__init__(embed_dim=embed_dim, **pyvene_metadata)
         self.keep_last_dim = True  # act per unit on the last dim: (B, units, d)
-        self.register_buffer("road_variant", torch.tensor(VARIANTS.index(variant)))
+        self.register_buffer("road_variant", _encode(variant))
         self.register_buffer("road_group_size", torch.tensor(group_size))
         self.adapter: RoadAdapter | None = None
         if embed_dim is not None:
@@ -88,7 +89,7 @@ class RoadIntervention(
     @classmethod
     def from_params(cls, config: RoadConfig, theta: Tensor, alpha: Tensor) -> RoadIntervention:
         """An intervention holding these (θ, α) (e.g. one site of an `AdapterFile`)."""
-        size = int(theta.numel() / rotation.PARAMS_PER_COORDINATE[config.variant])
+        size = rotation.Layout.of(config).site_size(theta.numel())
         intervention = cls(size, config.variant, config.group_size)
         assert intervention.adapter is not None
         with torch.no_grad():
@@ -108,10 +109,10 @@ class RoadIntervention(
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         """Rebuild the adapter with the saved variant, group size and size before loading."""
-        variant = VARIANTS[int(state_dict[prefix + "road_variant"])]
+        variant = _decode(state_dict[prefix + "road_variant"])
         group_size = int(state_dict[prefix + "road_group_size"])
         theta = state_dict[prefix + "adapter.theta"]
-        size = int(theta.numel() / rotation.PARAMS_PER_COORDINATE[variant])
+        size = rotation.Layout(variant, group_size).site_size(theta.numel())
         adapter = self.adapter
         if (
             adapter is None
@@ -161,9 +162,10 @@ class LoreftIntervention(
             raise ValueError("LoreftIntervention needs embed_dim and low_rank_dimension")
         d, r = int(embed_dim), int(low_rank_dimension)
         self.keep_last_dim = True
-        torch.manual_seed(seed)
-        self.rotate = nn.utils.parametrizations.orthogonal(nn.Linear(d, r, bias=False))
-        self.learned = nn.Linear(d, r)
+        with torch.random.fork_rng(devices=[]):  # seeded init; the caller's RNG is untouched
+            torch.manual_seed(seed)
+            self.rotate = nn.utils.parametrizations.orthogonal(nn.Linear(d, r, bias=False))
+            self.learned = nn.Linear(d, r)
         if identity_init:  # W = R, b = 0: the edit starts at zero, like a RoAd identity
             with torch.no_grad():
                 self.learned.weight.copy_(cast(Tensor, self.rotate.weight))
@@ -219,6 +221,14 @@ class PlaneInterchange(Intervention, DistributedRepresentationIntervention):
         return f"PlaneInterchange(planes={int(self.mask.sum()) // 2})"
 
 
+def _encode(text: str) -> Tensor:
+    return torch.tensor(list(text.encode()), dtype=torch.uint8)
+
+
+def _decode(data: Tensor) -> str:
+    return bytes(data.tolist()).decode()
+
+
 # -- building IntervenableModels ----------------------------------------------------------------
 def unit_locations(attention_mask: Tensor, positions: Positions) -> list[list[int]]:
     """Per-row positions for pyvene: every position for ``all``, else the k selected real
@@ -260,20 +270,16 @@ def intervenable(
     return iv
 
 
-def road_intervenable(
-    model: nn.Module, adapter, module_paths: Mapping[str, str] | None = None
-) -> pv.IntervenableModel:
-    """An ``IntervenableModel`` running an `AdapterFile`'s rotations through pyvene.
-
-    ``module_paths`` maps the adapter's site paths to module paths (default: the site path
-    with a trailing ``.road_output`` removed, so representation sites land on their module).
-    """
-    from .representation import SITE_ATTR
-
-    interventions = {}
-    for site, (theta, alpha) in adapter.params.items():
-        path = (module_paths or {}).get(site, site.removesuffix(f".{SITE_ATTR}"))
-        interventions[path] = RoadIntervention.from_params(adapter.config, theta, alpha)
+def to_pyvene(model: nn.Module, adapter: AdapterFile) -> pv.IntervenableModel:
+    """An adapter exported to pyvene: an ``IntervenableModel`` over the plain Hugging Face
+    ``model`` with one `RoadIntervention` per site of ``adapter`` (on the output of the
+    module at the site's path). Run it with pyvene's ``unit_locations`` (`base_locations`
+    turns the adapter's `Positions` into them); it gives the logits of the adapter on a
+    `RoadModel`."""
+    interventions = {
+        path: RoadIntervention.from_params(adapter.config, theta, alpha)
+        for path, (theta, alpha) in adapter.params.items()
+    }
     return intervenable(model, interventions)
 
 

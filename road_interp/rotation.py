@@ -11,7 +11,7 @@ g = 64: PEFT's and vLLM's layout). Call the first coordinate of a plane ``a`` an
 which is the element-wise form  z = c ⊙ h + s ⊙ rot(h),  rot(h)_a = −h_b, rot(h)_b = h_a.
 
 The per-coordinate **coefficients** (c, s), two vectors of shape (d,), describe any 2×2 block
-per plane, so they are closed under products and inverses; `apply`, `merge_rows`, `invert` and
+per plane, so they are closed under products and inverses; `apply`, `merge_rows`, `invert_coefficients` and
 `compose_coefficients` work on them. The **parameters** (θ, α) of a variant map to coefficients
 as in PEFT's RoAd (so that PEFT import/export is a copy of tensors); how each variant stores
 them, and everything that depends on it, is asked of one object, `Layout`.
@@ -122,7 +122,7 @@ def apply_(x: Tensor, c: Tensor, s: Tensor, group_size: int, dim: int = -1) -> T
     return x
 
 
-def invert(c: Tensor, s: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+def invert_coefficients(c: Tensor, s: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
     """Coefficients of R⁻¹, block by block in closed form.
 
     [[c_a, −s_a], [s_b, c_b]]⁻¹ = [[c_b, s_a], [−s_b, c_a]] / (c_a c_b + s_a s_b), i.e.
@@ -318,13 +318,13 @@ class Layout:
 
     def inverse(self, theta: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
         """(θ, α) of R⁻¹. For scaled rotations (RoAd1) −θ, 1/α exactly; otherwise the
-        closed-form block inverse (`invert`) stored back by `params_from_coefficients`.
+        closed-form block inverse (`invert_coefficients`) stored back by `params_from_coefficients`.
         ValueError if a block is singular (a zero magnitude)."""
         if self.scaled_rotation:
             if bool((alpha == 0).any()):
                 raise ValueError("a plane has α = 0 (singular); it has no inverse")
             return -theta, 1.0 / alpha
-        c, s = invert(*self.coefficients(theta, alpha), self.group_size)
+        c, s = invert_coefficients(*self.coefficients(theta, alpha), self.group_size)
         return self.params_from_coefficients(c, s)
 
     # -- planes of stored entries ---------------------------------------------------------------

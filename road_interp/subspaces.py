@@ -20,7 +20,7 @@ plane comes only from the rows of the skills that own it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -303,9 +303,10 @@ def route_subspaces(
 
         c_rows[r] = where(mask_k, c, 1),   s_rows[r] = where(mask_k, s, 0)   (B, d)
 
-    set on ``site.routing`` (computed with gradients, so a backward through the forward run
-    inside this context reaches θ, α only through the planes each row may use). Other adapters
-    active at these sites are not applied while routing. Routing is cleared on exit.
+    handed to the model's one routing path (`RoadModel.route`), computed with gradients, so a
+    backward through the forward run inside this context reaches θ, α only through the planes
+    each row may use. Other adapters active at these sites are not applied while routing;
+    other sites keep their active adapters. Routing is cleared on exit.
     """
     if rows.dim() != 1:
         raise ValueError(
@@ -314,26 +315,22 @@ def route_subspaces(
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= len(subspaces)):
         raise ValueError(f"rows holds skill indices outside [0, {len(subspaces)})")
     config = model.configs[name]
-    sites = model.sites_of(name)
-    with ExitStack() as stack:
-        for site_name, site in sites.items():
-            if site.routing is not None:
-                raise RuntimeError(f"{site_name} is already routed; nested routing is not allowed")
-            adapter = site.adapter(name)
-            masks = torch.stack(
-                [
-                    s.coordinate_mask(site_name, config.group_size)
-                    if site_name in s.sizes
-                    else torch.zeros(site.size, dtype=torch.bool)
-                    for s in subspaces
-                ]
-            ).to(adapter.theta.device)  # (K, d)
-            row_masks = masks[rows.to(masks.device)]  # (B, d)
-            c, s = rotation.coefficients(
-                config.variant, config.group_size, adapter.theta, adapter.alpha
-            )
-            c_rows = torch.where(row_masks, c, torch.ones_like(c))
-            s_rows = torch.where(row_masks, s, torch.zeros_like(s))
-            site.routing = (c_rows, s_rows, config.group_size)
-            stack.callback(setattr, site, "routing", None)
+    coefficients = {}
+    for site_name, site in model.sites_of(name).items():
+        adapter = site.adapter(name)
+        masks = torch.stack(
+            [
+                s.coordinate_mask(site_name, config.group_size)
+                if site_name in s.sizes
+                else torch.zeros(site.size, dtype=torch.bool)
+                for s in subspaces
+            ]
+        ).to(adapter.theta.device)  # (K, d)
+        row_masks = masks[rows.to(masks.device)]  # (B, d)
+        c, s = adapter.coefficients()
+        coefficients[site_name] = (
+            torch.where(row_masks, c, torch.ones_like(c)),
+            torch.where(row_masks, s, torch.zeros_like(s)),
+        )
+    with model.route(coefficients, config.group_size, exclusive=False):
         yield

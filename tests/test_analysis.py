@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import tiny_bert, tiny_llama
 
-from road_interp import RoadConfig, RoadModel, rotation, save_adapter
+from road_interp import RoadConfig, RoadModel, rotation
 from road_interp.analysis import drift, importance, stats
 from road_interp.cli import main
-from road_interp.io import AdapterFile, adapter_from_model, add_adapter_file, read_adapter
+from road_interp.io import AdapterFile, read_adapter
 
 VARIANTS = ("road_1", "road_2", "road_4")
 
@@ -226,9 +226,7 @@ def our_folders(tmp_path_factory):
     config = RoadConfig(variant="road_1", group_size=4, init="random")
     road.add_adapter("first", config, seed=0)
     road.add_adapter("second", config, seed=1)
-    return save_adapter(road, "first", root / "first"), save_adapter(
-        road, "second", root / "second"
-    )
+    return road.save_adapter("first", root / "first"), road.save_adapter("second", root / "second")
 
 
 def test_plane_table_of_a_peft_folder_reads_peft_parameters(peft_folder):
@@ -413,7 +411,7 @@ def test_resetting_every_plane_is_the_base_model_and_restores_exactly(variant):
 
 def test_reset_subspace_equals_an_adapter_with_those_planes_at_identity(random_bert, tmp_path):
     road, ids = random_bert
-    planes = stats.plane_table(save_adapter(road, "skill", tmp_path / "skill"))
+    planes = stats.plane_table(road.save_adapter("skill", tmp_path / "skill"))
     strong = planes[stats.strong_planes(planes, top_fraction=0.25)]
     groups = importance.groups_by(strong, "layer")
     assert set(groups) == {"layer 0", "layer 1", "no layer"}  # "no layer": the pooler
@@ -425,7 +423,7 @@ def test_reset_subspace_equals_an_adapter_with_those_planes_at_identity(random_b
         theta, alpha = file.params[site]
         theta[torch.as_tensor(plane_ids)] = 0.0
         alpha[torch.as_tensor(plane_ids)] = 1.0
-    add_adapter_file(road, file, "by_hand", activate=False)
+    road.load_adapter(file, "by_hand", activate=False)
     road.set_active("by_hand")
     with torch.no_grad():
         by_hand = road(input_ids=ids).logits
@@ -435,7 +433,7 @@ def test_reset_subspace_equals_an_adapter_with_those_planes_at_identity(random_b
 
 def test_plane_importance_table(random_bert):
     road, ids = random_bert
-    planes = stats.plane_table(adapter_from_model(road, "skill"))
+    planes = stats.plane_table(road.adapter_file("skill"))
     table = importance.plane_importance(
         road, "skill", importance.groups_by(planes, "module_type"), agreement_metric(ids),
         progress=False,
@@ -488,10 +486,10 @@ def test_reset_of_a_subspace_equals_compose_restrict_to_the_rest(variant):
     road = RoadModel(tiny_bert())
     config = RoadConfig(variant=variant, group_size=4, init="random", targets="all-linear")
     road.add_adapter("skill", config, seed=2)
-    file = adapter_from_model(road, "skill")
+    file = road.adapter_file("skill")
     first_half = Subspace.part(file.sites, 0, 2, "first half")
     second_half = Subspace.full(file.sites) - first_half
-    add_adapter_file(road, restrict(file, first_half), "restricted", activate=False)
+    road.load_adapter(restrict(file, first_half), "restricted", activate=False)
     ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         with importance.planes_reset(road, "skill", second_half):
@@ -525,7 +523,7 @@ def test_plane_importance_with_a_task_metric_on_real_data():
     road = RoadModel(load_model("minilm", task="classification", num_labels=2))
     road.add_adapter("s", RoadConfig(targets="all-linear", init="random"), seed=0)
     metric = importance.task_metric(tok, examples)
-    planes = stats.plane_table(adapter_from_model(road, "s"))
+    planes = stats.plane_table(road.adapter_file("s"))
     groups = importance.groups_by(stats.select(planes, layers=[0, 5]), "layer")
     table = importance.plane_importance(road, "s", groups, metric, progress=False)
     with torch.no_grad(), road.disabled():

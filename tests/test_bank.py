@@ -14,7 +14,6 @@ from transformers import GenerationConfig
 from road_interp import RoadConfig, RoadModel, write_adapter, write_peft
 from road_interp.bank import AdapterBank, CoefficientTables
 from road_interp.bank.synthetic import random_adapter
-from road_interp.io import add_adapter_file
 from tests.conftest import tiny_bert, tiny_llama
 
 SUBSET = {"llama": ("q_proj", "v_proj"), "bert": ("query", "value")}
@@ -40,7 +39,7 @@ def served(model, group_size: int = 64):
         files = adapters_for(model, group_size)
         bank = AdapterBank(road)
         for name, f in files.items():
-            add_adapter_file(road, f, name, activate=False)
+            road.load_adapter(f, name, activate=False)
             bank.add(name, f)
         yield road, bank
     finally:
@@ -59,7 +58,8 @@ def assert_close_to_scale(actual, expected, rel=1e-4):
 
 def assert_unrouted(road: RoadModel):
     assert all(site.routing is None and not site.disabled for site in road.sites.values())
-    assert not road.model._forward_pre_hooks
+    assert not road.router.routing
+    assert list(road.model._forward_pre_hooks.values()) == [road.router._read_inputs]
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -182,18 +182,59 @@ def test_route_overrides_and_silences_other_adapters(input_ids):
     road.add_adapter("own", RoadConfig(group_size=4, init="random"), seed=9)
     with torch.no_grad():
         own = road(input_ids).logits
-    bank = AdapterBank(road)
+    bank = AdapterBank(road)  # a bank built on a RoadModel serves its adapters
+    assert bank.names == ("own",)
     bank.add("q", random_adapter(model, RoadConfig(group_size=4, targets=("q_proj",)), seed=1))
     with torch.no_grad(), bank.route([None, None, None]):
         torch.testing.assert_close(road(input_ids).logits, base)
     assert_unrouted(road)
     with torch.no_grad():
         assert torch.equal(road(input_ids).logits, own)
-    bank.add_from_model("own")  # the model's own adapter, served from the bank
     with torch.no_grad(), bank.route(["own", None, "own"]):
         routed = road(input_ids).logits
     torch.testing.assert_close(routed[0::2], own[0::2], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(routed[1], base[1])
+
+
+def test_output_and_linear_adapters_share_a_batch_and_match_each_alone():
+    """A representation adapter (block output at the last prompt token) and a linear adapter
+    in one left-padded batch: each row equals that adapter alone on a RoadModel."""
+    ids = torch.randint(1, 96, (3, 7), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    model = tiny_llama()
+    at_last = RoadConfig("road_1", 2, ("model.layers.1",), "random", positions="last")
+    linear = RoadConfig("road_2", 2, ("q_proj", "down_proj"), "random")
+    road = RoadModel(model)
+    road.add_adapter("rep", at_last, seed=1)
+    road.add_adapter("lin", linear, seed=2)
+    alone = {}
+    with torch.no_grad():
+        for name in ("rep", "lin"):
+            road.set_active(name)
+            alone[name] = road(input_ids=ids, attention_mask=mask).logits
+        road.set_active()
+        base = road(input_ids=ids, attention_mask=mask).logits
+    bank = AdapterBank(road)
+    assert bank.names == ("rep", "lin")
+    with torch.no_grad(), bank.route(["rep", "lin", None]):
+        mixed = road(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(mixed[0], alone["rep"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1], alone["lin"][1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[2], base[2], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone["rep"][0, -1], base[0, -1], atol=1e-4)
+    # a bank on a plain model creates the output site from the folder's placement, too
+    other = AdapterBank(tiny_llama())
+    other.add("rep", road.adapter_file("rep"))
+    with torch.no_grad(), other.route(["rep", None, None]):
+        again = other.model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(again[0], alone["rep"][0], rtol=1e-5, atol=1e-5)
+    at_all = RoadConfig("road_1", 2, ("model.layers.1",), "random", positions="all")
+    elsewhere = RoadModel(tiny_llama())
+    elsewhere.add_adapter("everywhere", at_all, seed=3)  # same module, other positions
+    with pytest.raises(ValueError, match="one site per module"):
+        other.add("everywhere", elsewhere.adapter_file("everywhere"))
+    assert other.names == ("rep",)
 
 
 def test_route_refuses_merged_or_nested_and_clears_on_exceptions(input_ids):

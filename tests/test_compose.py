@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from road_interp import RoadConfig, RoadModel, read_adapter, rotation, write_adapter
+from road_interp import Positions, RoadConfig, RoadModel, read_adapter, rotation, write_adapter
 from road_interp.cli import main as cli_main
 from road_interp.compose import (
     OverlapError,
@@ -22,7 +22,7 @@ from road_interp.compose import (
     support,
     union,
 )
-from road_interp.io import AdapterFile, add_adapter_file
+from road_interp.io import AdapterFile
 from road_interp.subspaces import Subspace
 from tests.conftest import tiny_llama
 from tests.reference import dense_rotation
@@ -78,18 +78,17 @@ def test_disjoint_union_on_a_model_equals_both_adapters_active(input_ids):
     config = RoadConfig(variant="road_1", group_size=64, targets=targets, init="random")
     model.add_adapter("a", config, seed=1)
     model.add_adapter("b", config, seed=2)
-    from road_interp.io import adapter_from_model
 
-    a = halves(adapter_from_model(model, "a"), 0)
-    b = halves(adapter_from_model(model, "b"), 1)
+    a = halves(model.adapter_file("a"), 0)
+    b = halves(model.adapter_file("b"), 1)
     model.delete_adapter("a")
     model.delete_adapter("b")
-    add_adapter_file(model, a, "a")
-    add_adapter_file(model, b, "b")
+    model.load_adapter(a, "a")
+    model.load_adapter(b, "b")
     model.set_active("a", "b")
     with torch.no_grad():
         both = model(input_ids).logits
-        add_adapter_file(model, union([a, b]), "ab", activate=False)
+        model.load_adapter(union([a, b]), "ab", activate=False)
         model.set_active("ab")
         composed = model(input_ids).logits
         model.set_active("a")
@@ -430,7 +429,7 @@ def test_strength_sweep_at_one_is_the_runs_composed_adapter(tmp_path, capsys):
     skills = {k: read_adapter(run / "adapters" / f) for k, f in strength.SKILL_FOLDERS.items()}
     composed = read_adapter(run / "adapters" / "composed_a_b")
     rebuilt = union({k: scale(a, 1.0) for k, a in skills.items()})
-    assert rebuilt.positions == composed.positions == "all"
+    assert rebuilt.positions == composed.positions == Positions("all")
     for site, (theta, alpha) in composed.params.items():
         assert torch.equal(rebuilt.params[site][0], theta)
         assert torch.equal(rebuilt.params[site][1], alpha)

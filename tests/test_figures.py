@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 
 from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer
 from road_interp.analysis import drift, figures, importance, stats
-from road_interp.io import adapter_from_model
 
 pytestmark = pytest.mark.real
 
@@ -27,8 +26,8 @@ def tables():
     config = RoadConfig(variant="road_1", group_size=64, targets="all-linear", init="random")
     road.add_adapter("sentiment", config, seed=0, activate=False)
     road.add_adapter("facts", config, seed=1, activate=False)
-    a = stats.plane_table(adapter_from_model(road, "sentiment"), name="sentiment")
-    b = stats.plane_table(adapter_from_model(road, "facts"), name="facts")
+    a = stats.plane_table(road.adapter_file("sentiment"), name="sentiment")
+    b = stats.plane_table(road.adapter_file("facts"), name="facts")
     tok = load_tokenizer("minilm")
     drifts = []
     for name in ("sentiment", "facts"):

@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from road_interp import RoadConfig, RoadModel, load_adapter, read_adapter, save_adapter
+from road_interp import RoadConfig, RoadModel, read_adapter
 from road_interp.io import CONFIG_FILE, WEIGHTS_FILE
 from tests.conftest import tiny_bert, tiny_gpt2, tiny_llama
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_adapter"
+GOLDEN_V1 = Path(__file__).parent / "fixtures" / "golden_adapter_v1"
 
 
 def golden_model() -> RoadModel:
@@ -30,25 +31,41 @@ def golden_model() -> RoadModel:
 def test_golden_fixture_pins_the_format(tmp_path):
     """The committed folder and a fresh save of the same adapter agree byte for byte (JSON)
     and tensor for tensor. If this fails, the format changed: bump FORMAT_VERSION."""
-    save_adapter(golden_model(), "golden", tmp_path / "fresh")
+    golden_model().save_adapter("golden", tmp_path / "fresh")
     assert (tmp_path / "fresh" / CONFIG_FILE).read_text() == (GOLDEN / CONFIG_FILE).read_text()
     fresh, golden = load_file(tmp_path / "fresh" / WEIGHTS_FILE), load_file(GOLDEN / WEIGHTS_FILE)
     assert fresh.keys() == golden.keys()
     assert all(torch.equal(fresh[k], golden[k]) for k in golden)
     meta = json.loads((GOLDEN / CONFIG_FILE).read_text())
-    assert meta["format_version"] == 1 and meta["sites"]["model.layers.0.self_attn.q_proj"] == 128
+    assert meta["format_version"] == 2 and meta["sites"]["model.layers.0.self_attn.q_proj"] == 128
+    assert meta["adapter"]["positions"] is None
+
+
+def test_format_1_golden_fixture_loads_as_the_same_adapter(input_ids):
+    """The same adapter written by format 1 (before placement moved into the config) loads
+    unchanged and gives the same logits."""
+    old, new = read_adapter(GOLDEN_V1), read_adapter(GOLDEN)
+    assert old.config == new.config and old.base_model == new.base_model
+    assert old.params.keys() == new.params.keys()
+    assert all(torch.equal(old.params[k][i], new.params[k][i]) for k in old.params for i in (0, 1))
+    model = RoadModel(tiny_llama())
+    model.load_adapter(GOLDEN_V1)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids=input_ids).logits, golden_model()(input_ids=input_ids).logits
+        )
 
 
 def test_save_load_same_logits_and_overwrite_is_atomic(tmp_path, input_ids):
     model = RoadModel(tiny_gpt2())
     model.add_adapter("a", RoadConfig(variant="road_4", init="random"), seed=3)
-    save_adapter(model, "a", tmp_path / "a")
-    save_adapter(model, "a", tmp_path / "a")  # overwriting leaves one complete folder
+    model.save_adapter("a", tmp_path / "a")
+    model.save_adapter("a", tmp_path / "a")  # overwriting leaves one complete folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     with torch.no_grad():
         expected = model(input_ids=input_ids).logits
     other = RoadModel(tiny_gpt2())
-    assert load_adapter(other, tmp_path / "a") == "a"
+    assert other.load_adapter(tmp_path / "a") == "a"
     with torch.no_grad():
         torch.testing.assert_close(other(input_ids=input_ids).logits, expected)
     assert read_adapter(tmp_path / "a").config.variant == "road_4"
@@ -57,7 +74,7 @@ def test_save_load_same_logits_and_overwrite_is_atomic(tmp_path, input_ids):
 def saved(tmp_path) -> Path:
     model = RoadModel(tiny_llama())
     model.add_adapter("a", RoadConfig(init="random"), seed=0)
-    return save_adapter(model, "a", tmp_path / "a")
+    return model.save_adapter("a", tmp_path / "a")
 
 
 def assert_untouched(model: RoadModel):
@@ -71,7 +88,7 @@ def test_truncated_and_corrupt_weights(tmp_path):
     weights.write_bytes(data[: len(data) // 2])
     model = RoadModel(tiny_llama())
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        load_adapter(model, folder)
+        model.load_adapter(folder)
     assert_untouched(model)
     weights.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="truncated or corrupt"):
@@ -89,14 +106,14 @@ def test_newer_format_and_unknown_keys(tmp_path):
     with pytest.raises(ValueError, match=r"unknown RoadConfig keys \['rank'\]"):
         read_adapter(folder)
     with pytest.raises(ValueError, match="newer than"):
-        RoadConfig.from_dict({"format_version": 2})
+        RoadConfig.from_dict({"format_version": 3})
 
 
 def test_adapter_for_another_model(tmp_path):
     folder = saved(tmp_path)
     bert = RoadModel(tiny_bert())
     with pytest.raises(ValueError, match="made for a 'llama' model"):
-        load_adapter(bert, folder)
+        bert.load_adapter(folder)
     assert_untouched(bert)
     wider = tiny_llama()
     wider.config.model_type = "llama"
@@ -104,7 +121,7 @@ def test_adapter_for_another_model(tmp_path):
         type(wider)(type(wider.config)(**{**wider.config.to_dict(), "intermediate_size": 384}))
     )
     with pytest.raises(ValueError, match="has size 256 in the adapter but 384 in this model"):
-        load_adapter(bigger, folder)
+        bigger.load_adapter(folder)
     assert_untouched(bigger)
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from road_interp import RoadConfig, RoadLinear, RoadModel
+from road_interp import RoadConfig, RoadModel
+from road_interp.layers import RoadLinear, RoadSite
 from tests.conftest import TINY, tiny_llama
 from tests.reference import dense_rotation
 
@@ -36,9 +37,13 @@ def test_two_adapters_apply_in_order_and_disable(input_ids):
         base = model(input_ids=input_ids).logits
     model.add_adapter("a", RANDOM, seed=1)
     model.add_adapter("b", RANDOM, seed=2)
-    assert model.active == ("a", "b")
+    # as in PEFT, a new adapter is active alone and is the only one that trains
+    assert model.active == ("b",) and model.trainable_adapters() == ("b",)
     with torch.no_grad():
+        only_b = model(input_ids=input_ids).logits
+        model.set_active("a", "b")  # stacking is explicit
         both = model(input_ids=input_ids).logits
+        assert not torch.allclose(both, only_b, atol=1e-3)
         model.set_active("a")
         only_a = model(input_ids=input_ids).logits
         with model.disabled():
@@ -110,3 +115,31 @@ def test_merged_model_refuses_disable_and_active_changes(input_ids):
         model(input_ids=input_ids)
     with pytest.raises(RuntimeError, match="unmerge"):
         model.set_active()
+
+
+def test_merge_and_unload_returns_a_clean_model_with_the_adapter_folded_in(input_ids):
+    base = tiny_llama()
+    base.lm_head.weight.requires_grad_(False)  # a user's own choice of what trains
+    flags = {n: p.requires_grad for n, p in base.named_parameters()}
+    model = RoadModel(base)
+    model.add_adapter("a", RANDOM, seed=4)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids).logits
+    plain = model.merge_and_unload()
+    assert plain is base and not model.sites and not model.configs
+    assert not plain._forward_pre_hooks and not any(
+        isinstance(m, RoadSite) for m in plain.modules()
+    )
+    assert {n: p.requires_grad for n, p in plain.named_parameters()} == flags
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain(input_ids=input_ids).logits, expected, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_reserved_adapter_names_are_refused_before_anything_changes():
+    model = RoadModel(tiny_llama())
+    for name in ("train", "to", "forward", "half"):
+        with pytest.raises(ValueError, match="torch Module attribute"):
+            model.add_adapter(name, RANDOM)
+    assert not model.sites and not model.configs

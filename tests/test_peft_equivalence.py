@@ -10,7 +10,7 @@ from peft import RoadConfig as PeftRoadConfig
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from road_interp import RoadConfig, RoadModel, load_adapter, save_adapter
+from road_interp import RoadConfig, RoadModel
 from road_interp.injection import resolve_targets
 from tests.conftest import TINY
 
@@ -57,7 +57,7 @@ def test_same_logits_as_peft(arch, variant, input_ids, tmp_path):
     torch.testing.assert_close(logits(ours, input_ids), expected, rtol=1e-5, atol=1e-5)
 
     # export -> PEFT load
-    save_adapter(ours, "a", tmp_path / "exported", peft=True)
+    ours.save_adapter("a", tmp_path / "exported", peft=True)
     reloaded_base = TINY[arch]()
     if arch == "gpt2":
         reloaded_base = conv1d_to_linear(reloaded_base)
@@ -67,7 +67,7 @@ def test_same_logits_as_peft(arch, variant, input_ids, tmp_path):
     # PEFT save -> import
     peft_model.save_pretrained(tmp_path / "from_peft")
     again = RoadModel(TINY[arch]())
-    load_adapter(again, tmp_path / "from_peft", name="imported")
+    again.load_adapter(tmp_path / "from_peft", name="imported")
     torch.testing.assert_close(logits(again, input_ids), expected, rtol=1e-5, atol=1e-5)
 
 

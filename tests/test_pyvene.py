@@ -6,8 +6,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from road_interp import RoadConfig, RoadModel, write_peft
-from road_interp.io import adapter_from_model
+from road_interp import Positions, RoadConfig, RoadModel, write_peft
 from road_interp.pyvene_view import (
     LoreftIntervention,
     RoadIntervention,
@@ -15,9 +14,8 @@ from road_interp.pyvene_view import (
     interchange,
     interchange_score,
     intervenable,
-    road_intervenable,
+    to_pyvene,
 )
-from road_interp.representation import Positions, add_output_adapter
 from road_interp.subspaces import Subspace
 from tests.conftest import tiny_bert, tiny_llama
 
@@ -38,7 +36,7 @@ def test_pyvene_ours_and_peft_give_the_same_logits_on_linear_outputs(variant, tm
     config = RoadConfig(variant=variant, group_size=64, targets=("q_proj", "v_proj"), init="random")
     ours = RoadModel(tiny_llama())
     ours.add_adapter("x", config, seed=2)
-    adapter = adapter_from_model(ours, "x")
+    adapter = ours.adapter_file("x")
     with torch.no_grad():
         expected = ours(**batch).logits
     # PEFT's RoAd tuner with the same parameters
@@ -47,7 +45,7 @@ def test_pyvene_ours_and_peft_give_the_same_logits_on_linear_outputs(variant, tm
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, expected, rtol=1e-5, atol=1e-5)
     # pyvene: the same rotations as RoadInterventions on every token of the Linear outputs
-    iv = road_intervenable(tiny_llama(), adapter)
+    iv = to_pyvene(tiny_llama(), adapter)
     with torch.no_grad():
         _, out = iv(
             batch, unit_locations=base_locations(batch, Positions("all"), len(adapter.params))
@@ -57,12 +55,13 @@ def test_pyvene_ours_and_peft_give_the_same_logits_on_linear_outputs(variant, tm
 
 def test_pyvene_and_representation_site_agree_at_the_last_prompt_token_and_in_generate(tmp_path):
     batch = left_padded()
-    config = RoadConfig(variant="road_1", group_size=2, targets=("model.layers.1",), init="random")
+    config = RoadConfig("road_1", 2, ("model.layers.1",), "random", positions="last")
     ours = RoadModel(tiny_llama())
-    add_output_adapter(ours, "x", config, Positions("last"), seed=4)
-    adapter = adapter_from_model(ours, "x")
-    iv = road_intervenable(tiny_llama(), adapter)
-    locations = base_locations(batch, Positions("last"), 1)
+    ours.add_adapter("x", config, seed=4)
+    adapter = ours.adapter_file("x")
+    iv = to_pyvene(tiny_llama(), adapter)
+    assert adapter.positions is not None
+    locations = base_locations(batch, adapter.positions, 1)
     with torch.no_grad():
         expected = ours(**batch).logits
         _, out = iv(batch, unit_locations=locations)
@@ -161,3 +160,13 @@ def test_plane_interchange_all_planes_gives_the_source_and_none_the_base():
     assert score == 1.0 or table["pred_base"].eq(table["pred_source"]).all()
     # the adapter's parameters stay trainable after pyvene wrapped the model
     assert all(p.requires_grad for p in model.adapter_parameters("x").values())
+
+
+def test_loreft_seeds_its_own_init_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = LoreftIntervention(embed_dim=16, low_rank_dimension=4, seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    second = LoreftIntervention(embed_dim=16, low_rank_dimension=4, seed=7)
+    assert torch.equal(first.learned.weight, second.learned.weight)

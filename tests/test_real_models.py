@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from road_interp import RoadConfig, RoadModel, load_adapter, save_adapter
+from road_interp import RoadConfig, RoadModel
 
 pytestmark = pytest.mark.real
 TEXTS = [
@@ -58,14 +58,14 @@ def test_save_load_then_merged_equals_unmerged(real, variant, tmp_path):
     try:
         road.add_adapter("a", RoadConfig(variant=variant, init="random"), seed=1)
         unmerged = run(road, batch)
-        save_adapter(road, "a", tmp_path / "a")
-        save_adapter(road, "a", tmp_path / "a-peft", peft=True)
+        road.save_adapter("a", tmp_path / "a")
+        road.save_adapter("a", tmp_path / "a-peft", peft=True)
         road.delete_adapter("a")
         assert torch.equal(run(road, batch), base)
-        load_adapter(road, tmp_path / "a")
+        road.load_adapter(tmp_path / "a")
         assert torch.equal(run(road, batch), unmerged)
         road.delete_adapter("a")
-        load_adapter(road, tmp_path / "a-peft", name="peft")
+        road.load_adapter(tmp_path / "a-peft", name="peft")
         assert torch.equal(run(road, batch), unmerged)
         road.merge()
         assert_close_to_scale(run(road, batch), unmerged)
@@ -101,7 +101,7 @@ def test_adapters_name_the_embedded_model_the_same_on_every_machine(tmp_path, re
     model = RoadModel(hf)
     try:
         model.add_adapter("a", RoadConfig(targets=("q_proj",)))
-        identity = read_adapter(save_adapter(model, "a", tmp_path / "a")).base_model
+        identity = read_adapter(model.save_adapter("a", tmp_path / "a")).base_model
     finally:
         model.remove()
     assert identity == {

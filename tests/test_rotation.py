@@ -56,7 +56,7 @@ def test_merge_rows_then_unmerge(case):
     R = dense_rotation(variant, group_size, theta, alpha)
     torch.testing.assert_close(merged.double(), R @ W.double(), **TOL[dtype])
     if dtype == torch.float32:
-        c_inv, s_inv = rotation.invert(c, s, group_size)
+        c_inv, s_inv = rotation.invert_coefficients(c, s, group_size)
         restored = rotation.merge_rows(merged, c_inv, s_inv, group_size)
         torch.testing.assert_close(restored, W, rtol=1e-4, atol=1e-4)
 
@@ -70,9 +70,13 @@ def test_invert_and_compose_equal_dense(case):
     c2, s2 = rotation.coefficients(variant, group_size, *params(variant, d, seed + 7))
     R1 = dense_from_coefficients(c1, s1, group_size)
     R2 = dense_from_coefficients(c2, s2, group_size)
-    ci, si = rotation.invert(c1, s1, group_size)
+    ci, si = rotation.invert_coefficients(c1, s1, group_size)
     torch.testing.assert_close(
-        dense_from_coefficients(ci, si, group_size), torch.linalg.inv(R1), rtol=1e-4, atol=1e-4
+        # float32: a nearly singular block has large inverse entries, so compare relatively
+        dense_from_coefficients(ci, si, group_size),
+        torch.linalg.inv(R1),
+        rtol=1e-3,
+        atol=1e-4,
     )
     cp, sp = rotation.compose_coefficients((c1, s1), (c2, s2), group_size)
     torch.testing.assert_close(
@@ -113,7 +117,7 @@ def test_bad_pairing_and_singular_inverse():
         rotation.num_params("road_3", 8)
     c, s = rotation.coefficients("road_1", 2, torch.zeros(2), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="singular"):
-        rotation.invert(c, s, 2)
+        rotation.invert_coefficients(c, s, 2)
 
 
 # -- Layout: the variant's storage, against the dense reference ---------------------------------

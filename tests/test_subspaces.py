@@ -7,7 +7,6 @@ import torch
 
 from road_interp import RoadConfig, RoadModel, rotation
 from road_interp.compose import restrict
-from road_interp.io import adapter_from_model, add_adapter_file
 from road_interp.rotation import Layout
 from road_interp.subspaces import Subspace, model_sizes, route_subspaces, train_on
 from tests.conftest import tiny_llama
@@ -95,7 +94,7 @@ def test_train_on_leaves_other_planes_exactly_at_identity(variant, input_ids):
             opt.zero_grad()
             _loss(model, input_ids).backward()
             opt.step()
-    trained = adapter_from_model(model, "skills")
+    trained = model.adapter_file("skills")
     for site, (theta, alpha) in trained.params.items():
         moved = Layout(variant, 64).plane_support(theta, alpha)
         assert not moved[~sub.plane_mask(site)].any()
@@ -159,11 +158,11 @@ def test_routed_rows_equal_the_restricted_adapter(input_ids):
     sizes = model_sizes(model, "skills")
     skills = [Subspace.random(sizes, 0.5, seed=0), Subspace.random(sizes, 0.5, seed=1)]
     rows = torch.tensor([1, 0, 1])
-    full = adapter_from_model(model, "skills")
+    full = model.adapter_file("skills")
     with torch.no_grad(), route_subspaces(model, "skills", skills, rows):
         routed = model(input_ids).logits
     for k, sub in enumerate(skills):
-        add_adapter_file(model, restrict(full, sub), f"only{k}")
+        model.load_adapter(restrict(full, sub), f"only{k}")
     model.set_active("only1")
     with torch.no_grad():
         expected_1 = model(input_ids).logits

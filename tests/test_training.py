@@ -15,7 +15,6 @@ from road_interp.baselines import split_settings
 from road_interp.cli import main
 from road_interp.encoding import IGNORE_INDEX, encode_lm
 from road_interp.evaluation import answer_logprobs, evaluate, pad_left
-from road_interp.io import load_adapter
 from road_interp.model import RoadModel
 from road_interp.tasks import Example, get_task
 from road_interp.training import (
@@ -71,7 +70,7 @@ def test_a_few_hundred_steps_beat_the_majority_baseline(real_minilm, tmp_path):
     assert "eval_accuracy" in metrics
     # the final folder reloads into a fresh model with identical logits
     again = RoadModel(copy.deepcopy(real_minilm[0]))
-    load_adapter(again, tmp_path / "final", "emo")
+    again.load_adapter(tmp_path / "final", "emo")
     load_head(again, tmp_path / "final")
     batch = tok(["What a lovely room.", "Dirty and loud."], return_tensors="pt", padding=True)
     model.eval()

@@ -4,7 +4,7 @@ Skill A = answering in French: English MultiEmo sentences, each with one of eigh
 that name no language (rewrite, repeat, paraphrase, ...), answered by their aligned French
 translation. Skill B = the sentiment instruction on MultiEmo-en, answered "positive" /
 "negative". RoAd1 acts on the outputs of the blocks ``E1Config.layers`` (the residual stream;
-`road_interp.representation`), skill A on the first half of each site's planes, skill B on
+`RoadConfig.positions`), skill A on the first half of each site's planes, skill B on
 the second half. Prompts use the model's chat template.
 
 Conditions: base, skill A, skill B, composed (`union` of A and B), joint (one adapter, per-
@@ -44,14 +44,8 @@ from tqdm.auto import tqdm
 from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer
 from road_interp.compose import union
 from road_interp.evaluation import generate_answers
-from road_interp.io import AdapterFile, adapter_from_model, write_adapter
+from road_interp.io import AdapterFile, write_adapter
 from road_interp.pyvene_view import LoreftIntervention
-from road_interp.representation import (
-    SITE_ATTR,
-    Positions,
-    add_output_adapter,
-    load_output_adapter,
-)
 from road_interp.subspaces import Subspace, route_subspaces, train_on
 from road_interp.tasks import Example, get_task, parallel_sentences
 from road_interp.training import train
@@ -209,15 +203,14 @@ class E1:
 
     def subspaces(self) -> tuple[Subspace, Subspace]:
         """Skill A on the first half of every site's planes, skill B on the second."""
-        sizes = {f"model.layers.{i}.{SITE_ATTR}": HIDDEN for i in self.cfg.layers}
+        sizes = {f"model.layers.{i}": HIDDEN for i in self.cfg.layers}
         return Subspace.part(sizes, 0, 2, "A"), Subspace.part(sizes, 1, 2, "B")
 
     def site_config(self) -> RoadConfig:
         targets = tuple(f"model.layers.{i}" for i in self.cfg.layers)
-        return RoadConfig(variant="road_1", group_size=2, targets=targets)
-
-    def positions(self) -> Positions:
-        return Positions(self.cfg.positions)
+        return RoadConfig(
+            variant="road_1", group_size=2, targets=targets, positions=self.cfg.positions
+        )
 
     def answers(self, model: nn.Module, prompts: list[str] | None = None) -> list[str]:
         """Greedy answers to ``prompts`` (default: the sentiment test prompts)."""
@@ -251,7 +244,7 @@ class E1:
 
     def skill(self, key: str, subspace: Subspace) -> AdapterFile:
         model = self.road_model()
-        add_output_adapter(model, "skill", self.site_config(), self.positions())
+        model.add_adapter("skill", self.site_config())
         with train_on(model, "skill", subspace):
             train(
                 model,
@@ -261,18 +254,18 @@ class E1:
                 self.runs / f"skill_{key}",
                 resume=False,
             )
-        return adapter_from_model(model, "skill")
+        return model.adapter_file("skill")
 
     def with_adapter(self, adapter: AdapterFile, folder: Path) -> RoadModel:
         """Write ``adapter`` to ``folder`` and load it into a fresh model (a save/load trip)."""
         write_adapter(adapter, folder)
         model = self.road_model()
-        load_output_adapter(model, folder)
+        model.load_adapter(folder)
         return model
 
     def joint(self, skills: tuple[Subspace, Subspace]) -> AdapterFile:
         model = self.road_model()
-        add_output_adapter(model, "AB", self.site_config(), self.positions())
+        model.add_adapter("AB", self.site_config())
         examples, task_of = self.mixed()
 
         def routed(batch: Sequence[Example]):
@@ -288,7 +281,7 @@ class E1:
             forward_context=routed,
             resume=False,
         )
-        return adapter_from_model(model, "AB")
+        return model.adapter_file("AB")
 
     def loreft(self) -> tuple[list[str], list[str]]:
         """Answers to the sentiment test prompts and to skill A's held-out prompts."""

@@ -37,12 +37,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer
+from road_interp import Positions, RoadConfig, RoadModel, load_model, load_tokenizer
 from road_interp.compose import union
 from road_interp.evaluation import evaluate
-from road_interp.io import AdapterFile, adapter_from_model, add_adapter_file, write_adapter
+from road_interp.io import AdapterFile, write_adapter
 from road_interp.pyvene_view import LoreftIntervention, interchange_score
-from road_interp.representation import Positions
 from road_interp.subspaces import Subspace, model_sizes, route_subspaces, train_on
 from road_interp.tasks import Example, get_task
 from road_interp.training import train
@@ -146,7 +145,7 @@ class E2:
                 resume=False,
             )
         head = copy.deepcopy(model.model.classifier)
-        return adapter_from_model(model, "skill"), head, self.accuracy(model, key)
+        return model.adapter_file("skill"), head, self.accuracy(model, key)
 
     def evaluate_heads(
         self, model: nn.Module, hf: nn.Module, heads: dict[str, nn.Module]
@@ -161,7 +160,7 @@ class E2:
         self, adapter: AdapterFile, heads: dict[str, nn.Module]
     ) -> tuple[dict[str, float], RoadModel]:
         model = RoadModel(self.fresh(2))
-        add_adapter_file(model, adapter, "AB")
+        model.load_adapter(adapter, "AB")
         return self.evaluate_heads(model, model.model, heads), model
 
     def two_heads(self) -> MultiHead:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from road_interp.config import Positions
 from road_interp.pyvene_view import base_locations, intervenable
-from road_interp.representation import Positions
 
 
 def use_head(model: nn.Module, head: nn.Module, num_labels: int) -> None:

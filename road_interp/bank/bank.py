@@ -11,9 +11,10 @@
 How it works. Each adapter's coefficients (c, s) are computed once when it is registered and
 stacked per site into tables (K+1, d) whose row 0 is the identity (see
 `road_interp.bank.tables`). A routed call turns the names into row indices (B,), gathers each
-site's rows (B, d) once, and hands them to the site (``RoadSite.routing``); every site then
-applies z = c_rows ⊙ h + s_rows ⊙ rot(h), one element-wise op broadcast over the sequence for
-the whole batch. There is no loop over adapters and no gather/scatter of activations, and the
+site's rows (B, d) once, and hands them to the model's one routing path (`RoadModel.route`);
+every site then applies z = c_rows ⊙ h + s_rows ⊙ rot(h), one element-wise op broadcast over
+the sequence for the whole batch. Adapters of either placement are served: a site on a module
+output applies its rows at its token positions only. There is no loop over adapters and no gather/scatter of activations, and the
 same rows serve every decode step of ``generate`` (the KV cache keeps the batch order).
 
 ``generate`` with beam search or ``num_return_sequences`` expands each request into
@@ -24,7 +25,8 @@ their adapter.
 During a routed call each request sees exactly its routed adapter: the bank's rows override
 the sites' active adapters, and sites outside the bank that have active adapters are switched
 off. All names and sizes are checked before anything runs; routing state lives in a context
-manager and is cleared in ``finally``.
+manager and is cleared in ``finally``. A bank built on a `RoadModel` starts with a snapshot of
+the model's adapters, under their names.
 """
 
 from __future__ import annotations
@@ -38,12 +40,11 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 from transformers import GenerationConfig
 
-from .. import injection, rotation
-from ..io import AdapterFile, adapter_from_model, check_compatible, read_adapter
-from ..layers import RoadLinear, RoadSite
+from .. import rotation
+from ..io import AdapterFile, read_adapter
+from ..layers import RoadSite
 from ..model import RoadModel
 from .tables import CoefficientTables
 
@@ -55,8 +56,9 @@ class AdapterBank:
     """K RoAd adapters stacked as coefficient tables over one model, for mixed batches.
 
     Args:
-        model: a `RoadModel`, or a Hugging Face model (wrapped in a new `RoadModel`, available
-            as ``bank.model``). Sites are created on demand on the modules the adapters name.
+        model: a `RoadModel` (its adapters are registered under their names, as snapshots),
+            or a Hugging Face model (wrapped in a new `RoadModel`, available as
+            ``bank.model``). Sites are created on demand on the modules the adapters name.
     """
 
     def __init__(self, model: nn.Module):
@@ -68,6 +70,8 @@ class AdapterBank:
         self._files: dict[str, AdapterFile] = {}
         self._created_sites: set[str] = set()
         self._routing = False
+        for name in self.model.configs:
+            self.add(name, self.model.adapter_file(name))
 
     # -- registry ---------------------------------------------------------------------------
     @property
@@ -86,14 +90,15 @@ class AdapterBank:
         coefficients once and append them as a new row of every site's table.
 
         Raises ValueError (nothing changed) for a bad or duplicate name, an adapter made for
-        another model, a group_size other than the bank's, or non-finite parameters.
+        another model or placed where a site of another placement already is, a group_size
+        other than the bank's, or non-finite parameters.
         """
         self._check_not_routing("add adapters")
         if not isinstance(name, str) or not name:
             raise ValueError(f"adapter names must be non-empty strings, got {name!r}")
         if name in self._rows:
             raise ValueError(f"the bank already has an adapter named {name!r}; remove() it first")
-        check_compatible(self.model, adapter, where=f"adapter {name!r}")
+        self.model.check_fits(adapter, where=f"adapter {name!r}")
         g = adapter.config.group_size
         if self.group_size is not None and g != self.group_size:
             raise ValueError(
@@ -108,7 +113,8 @@ class AdapterBank:
             rows[site] = rotation.coefficients(
                 adapter.config.variant, g, theta.detach().float(), alpha.detach().float()
             )
-        sites = self._ensure_sites(list(rows))
+        sites, created = self.model.ensure_sites(adapter.sites, adapter.config)
+        self._created_sites |= created
         devices = {n: _site_device(sites[n]) for n in rows}
         self.tables.append(rows, devices)
         self._rows[name] = self.tables.num_rows - 1
@@ -121,11 +127,6 @@ class AdapterBank:
         name = name or Path(path).name
         self.add(name, read_adapter(path))
         return name
-
-    def add_from_model(self, name: str) -> None:
-        """Register adapter ``name`` of the wrapped `RoadModel` (a snapshot of its current
-        parameters; later training of the model's copy does not change the bank)."""
-        self.add(name, adapter_from_model(self.model, name))
 
     def adapter(self, name: str) -> AdapterFile:
         """The registered `AdapterFile` of ``name`` (θ, α as given)."""
@@ -143,27 +144,11 @@ class AdapterBank:
         self.tables.drop(row, keep)
         self._rows = {n: r - 1 if r > row else r for n, r in self._rows.items()}
         sites = self.model.sites
-        for site_name in sorted(self._created_sites - keep):
-            site = sites.get(site_name)
-            if isinstance(site, RoadLinear) and not len(site.adapters):
-                injection.replace_module(self.model.model, site_name, site.base_layer)
-                self._created_sites.discard(site_name)
+        unused = {p for p in self._created_sites - keep if p in sites and not sites[p].adapters}
+        self.model.remove_sites(unused)
+        self._created_sites -= unused
         if not self._rows:
             self.group_size = None
-
-    def _ensure_sites(self, names: list[str]) -> dict[str, RoadSite]:
-        """The sites at these module paths, wrapping plain Linear/Conv1D layers as needed."""
-        existing = self.model.sites
-        modules = dict(self.model.model.named_modules())
-        out: dict[str, RoadSite] = {}
-        for name in names:
-            site = existing.get(name)
-            if site is None:
-                site = RoadLinear(modules[name], name=name)
-                injection.replace_module(self.model.model, name, site)
-                self._created_sites.add(name)
-            out[name] = site
-        return out
 
     # -- routing ----------------------------------------------------------------------------
     def rows_for(self, routes: Sequence[Route]) -> Tensor:
@@ -203,42 +188,14 @@ class AdapterBank:
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise ValueError(f"repeats must be a positive int, got {repeats!r}")
         rows = self.rows_for(routes)
-        sites = self.model.sites
-        blocked = [
-            n
-            for n, s in sites.items()
-            if s.disabled or s.routing is not None or (isinstance(s, RoadLinear) and s.merged)
-        ]
-        if blocked:
-            raise RuntimeError(
-                f"route() needs unmerged, enabled, unrouted sites; {blocked[0]} (and "
-                f"{len(blocked) - 1} more) is merged, inside model.disabled() or already routed "
-                "by another context: unmerge() or leave that context first"
-            )
         if repeats > 1:
             rows = rows.repeat_interleave(repeats)
         gathered = self.tables.gather(rows)
-        silenced = [s for n, s in sites.items() if n not in gathered and s.active]
-        expected = int(rows.shape[0])
-        handle: RemovableHandle | None = None
         self._routing = True
         try:
-            handle = self.model.model.register_forward_pre_hook(
-                _batch_check(expected, len(routes)), with_kwargs=True
-            )
-            for site in silenced:
-                site.disabled = True
-            for name, (c_rows, s_rows) in gathered.items():
-                assert self.group_size is not None  # tables exist only once an adapter does
-                sites[name].routing = (c_rows, s_rows, self.group_size)
-            yield self.model
+            with self.model.route(gathered, self.group_size or 2, requests=len(routes)):
+                yield self.model
         finally:
-            for name in gathered:
-                sites[name].routing = None
-            for site in silenced:
-                site.disabled = False
-            if handle is not None:
-                handle.remove()
             self._routing = False
 
     def generate(
@@ -273,10 +230,9 @@ class AdapterBank:
         total. Columns: adapter, row, sites, params (θ + α as stored), table_bytes (its
         share of the coefficient tables: 2 · d · 4 bytes per site), pct_of_base (table_bytes
         relative to the base model's parameter bytes)."""
+        ours = self.model.adapter_parameter_ids()
         base_bytes = sum(
-            p.numel() * p.element_size()
-            for n, p in self.model.model.named_parameters()
-            if ".adapters." not in n
+            p.numel() * p.element_size() for p in self.model.model.parameters() if id(p) not in ours
         )
         row_bytes = sum(t.nbytes // self.tables.num_rows for t in self.tables.sites.values())
         records = [("(base: identity row)", 0, len(self.tables.sites), 0, row_bytes)]
@@ -318,29 +274,3 @@ def _site_device(site: RoadSite) -> torch.device:
     base = getattr(site, "base_layer", None)
     weight = getattr(base, "weight", None)
     return weight.device if isinstance(weight, Tensor) else torch.device("cpu")
-
-
-def _batch_check(expected: int, num_routes: int):
-    """A forward pre-hook that refuses a batch of the wrong size before the model runs."""
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        x = kwargs.get("input_ids")
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        if x is None and args and isinstance(args[0], Tensor):
-            x = args[0]
-        if x is None or x.shape[0] == expected:
-            return
-        hint = ""
-        if x.shape[0] % num_routes == 0:
-            hint = (
-                f"; generate() with num_beams or num_return_sequences = "
-                f"{x.shape[0] // num_routes} expands each request: use bank.generate(...) or "
-                f"route(..., repeats={x.shape[0] // num_routes})"
-            )
-        raise ValueError(
-            f"this batch has {x.shape[0]} rows but the routing expects {expected} "
-            f"({num_routes} routes, one per request){hint}"
-        )
-
-    return hook

@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from ..baselines import RunSpec, load_for_task
     from ..checkpoints import load_head, load_trainable
     from ..evaluation import evaluate
-    from ..io import load_adapter
     from ..model import RoadModel
     from ..tasks import get_task
 
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             load_trainable(model, folder / "trainable.safetensors")
         else:
             model = RoadModel(model)
-            load_adapter(model, folder)
+            model.load_adapter(folder)
             if is_encoder:
                 if not (folder / "head.safetensors").exists():
                     raise FileNotFoundError(

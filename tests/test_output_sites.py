@@ -1,26 +1,32 @@
-"""Representation sites: RoAd on module outputs at token positions."""
+"""Output sites: RoAd on module outputs at token positions (``RoadConfig.positions``)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from road_interp import RoadConfig, RoadModel, load_adapter, rotation, save_adapter
+from road_interp import Positions, RoadConfig, RoadModel, rotation
 from road_interp.compose import union
 from road_interp.encoding import IGNORE_INDEX, encode_lm
 from road_interp.evaluation import answer_logprobs, pad_left
-from road_interp.io import adapter_from_model, read_adapter, write_peft
-from road_interp.representation import (
-    SITE_ATTR,
-    Positions,
-    add_output_adapter,
-    load_output_adapter,
-    output_sites,
-)
+from road_interp.io import read_adapter, write_peft
+from road_interp.layers import SITE_ATTR, RoadOutput
 from road_interp.subspaces import Subspace, model_sizes, route_subspaces
 from tests.conftest import tiny_bert, tiny_llama
 
-CONFIG = RoadConfig(variant="road_1", group_size=2, targets=("model.layers.1",), init="random")
+CONFIG = RoadConfig(
+    variant="road_1", group_size=2, targets=("model.layers.1",), init="random", positions="last"
+)
+
+
+def at(positions: str, config: RoadConfig = CONFIG, *targets: str) -> RoadConfig:
+    """``config`` at other positions (and targets)."""
+    return replace(config, positions=positions, targets=targets or config.targets)
 
 
 def padded_batch():
@@ -54,9 +60,10 @@ def test_all_positions_on_a_linear_output_equals_the_linear_site(input_ids):
     target = "model.layers.0.self_attn.q_proj"
     config = RoadConfig(variant="road_2", group_size=8, targets=(target,), init="random")
     rep = RoadModel(tiny_llama())
-    add_output_adapter(rep, "x", config, Positions("all"), seed=3)
+    rep.add_adapter("x", at("all", config), seed=3)
+    assert isinstance(rep.sites[target], RoadOutput)
     lin = RoadModel(tiny_llama())
-    params = adapter_from_model(rep, "x").params[f"{target}.{SITE_ATTR}"]
+    params = rep.adapter_file("x").params[target]
     lin.add_adapter("x", config)
     with torch.no_grad():
         lin.sites[target].adapter("x").theta.copy_(params[0])
@@ -69,7 +76,7 @@ def test_all_positions_on_a_linear_output_equals_the_linear_site(input_ids):
 def test_last_prompt_token_acts_only_there_and_batching_with_padding_is_exact():
     ids, mask = padded_batch()
     model = RoadModel(tiny_llama())
-    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=1)
+    model.add_adapter("x", CONFIG, seed=1)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).logits
         with model.disabled():
@@ -87,12 +94,11 @@ def test_last_prompt_token_acts_only_there_and_batching_with_padding_is_exact():
 def test_generate_rotates_the_prompt_only_for_last_and_every_token_for_all():
     ids, mask = padded_batch()
     model = RoadModel(tiny_llama())
-    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=1)
+    model.add_adapter("x", CONFIG, seed=1)
     gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     out = model.generate(input_ids=ids, attention_mask=mask, **gen)
     # reference without a cache: rotate only the prompt's last token, then decode step by step
-    site = output_sites(model)[f"model.layers.1.{SITE_ATTR}"]
-    c, s = site.adapter("x").coefficients()
+    c, s = model.sites["model.layers.1"].adapter("x").coefficients()
     seq, m = ids.clone(), mask.clone()
     layer = model.model.model.layers[1]
 
@@ -119,8 +125,8 @@ def test_representation_adapter_trains_and_only_its_parameters_move(input_ids):
     config = RoadConfig(
         variant="road_1", group_size=2, targets=("model.layers.0", "model.layers.1")
     )
-    paths = add_output_adapter(model, "x", config, Positions("last", 2))
-    assert paths == [f"model.layers.0.{SITE_ATTR}", f"model.layers.1.{SITE_ATTR}"]
+    model.add_adapter("x", replace(config, positions=Positions("last", 2)))
+    assert list(model.sites_of("x")) == ["model.layers.0", "model.layers.1"]
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".adapters.x." in n for n in trainable)
     opt = torch.optim.AdamW(
@@ -142,12 +148,12 @@ def test_representation_adapter_trains_and_only_its_parameters_move(input_ids):
 
 def test_per_example_routing_through_output_sites(input_ids):
     model = RoadModel(tiny_llama())
-    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=0)
+    model.add_adapter("x", CONFIG, seed=0)
     sizes = model_sizes(model, "x")
     skills = [Subspace.part(sizes, 0, 2), Subspace.part(sizes, 1, 2)]
     with route_subspaces(model, "x", skills, torch.zeros(3, dtype=torch.long)):
         model(input_ids).logits[:, -1].sum().backward()
-    theta = model.adapter_parameters("x")[f"model.layers.1.{SITE_ATTR}.theta"]
+    theta = model.adapter_parameters("x")["model.layers.1.theta"]
     assert torch.all(theta.grad[64:] == 0) and bool((theta.grad[:64] != 0).any())
 
 
@@ -156,11 +162,14 @@ def test_remove_detaches_hooks_and_restores_the_model_bit_identically(input_ids)
     with torch.no_grad():
         expected = base(input_ids).logits
     model = RoadModel(base)
-    add_output_adapter(model, "x", CONFIG, Positions("all"), seed=0)
+    model.add_adapter("x", at("all"), seed=0)
+    model.add_adapter("y", at("last", CONFIG, "model.layers.0"), seed=1)
     model.add_adapter("lin", RoadConfig(targets=("q_proj",), init="random"), seed=0)
+    model.set_active("x", "y", "lin")
     model.to("cpu").float()  # walks every submodule: the site must not hold its parent as one
     assert len(model.state_dict()) == len(base.state_dict())
     layer = base.model.layers[1]
+    # one forward hook per output site, and one pre-hook on the model whatever the sites
     assert len(layer._forward_hooks) == 1 and len(base._forward_pre_hooks) == 1
     restored = model.remove()
     assert not hasattr(layer, SITE_ATTR)
@@ -172,22 +181,23 @@ def test_remove_detaches_hooks_and_restores_the_model_bit_identically(input_ids)
 def test_save_load_round_trip(tmp_path):
     ids, mask = padded_batch()
     model = RoadModel(tiny_llama())
-    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=5)
-    save_adapter(model, "x", tmp_path / "x")
-    assert read_adapter(tmp_path / "x").positions == "last:1"
+    model.add_adapter("x", CONFIG, seed=5)
+    model.save_adapter("x", tmp_path / "x")
+    assert read_adapter(tmp_path / "x").positions == Positions("last")
+    assert list(read_adapter(tmp_path / "x").params) == ["model.layers.1"]
     fresh = RoadModel(tiny_llama())
-    load_output_adapter(fresh, tmp_path / "x")  # the positions come from the folder
-    assert output_sites(fresh)[f"model.layers.1.{SITE_ATTR}"].positions == Positions("last")
+    fresh.load_adapter(tmp_path / "x")  # the placement comes from the folder
+    assert fresh.sites["model.layers.1"].positions == Positions("last")
     with torch.no_grad():
         assert torch.equal(
             model(input_ids=ids, attention_mask=mask).logits,
             fresh(input_ids=ids, attention_mask=mask).logits,
         )
-    with pytest.raises(ValueError, match="not module outputs"):
-        lin = RoadModel(tiny_llama())
-        lin.add_adapter("l", RoadConfig(targets=("q_proj",)))
-        save_adapter(lin, "l", tmp_path / "lin")
-        load_output_adapter(fresh, tmp_path / "lin", Positions("all"))
+    lin = RoadModel(tiny_llama())  # one load_adapter for both placements
+    lin.add_adapter("l", RoadConfig(targets=("q_proj",)))
+    lin.save_adapter("l", tmp_path / "lin")
+    fresh.load_adapter(tmp_path / "lin", activate=False)
+    assert fresh.sites_of("lin").keys() == lin.sites_of("l").keys()
     with pytest.raises(ValueError, match="cannot be folded"):
         model.merge_and_unload()
 
@@ -195,18 +205,19 @@ def test_save_load_round_trip(tmp_path):
 def test_bad_targets_sizes_and_positions_give_clear_errors(input_ids):
     model = RoadModel(tiny_llama())
     with pytest.raises(ValueError, match="matches no module"):
-        add_output_adapter(model, "x", RoadConfig(targets=("model.layers.9",)), Positions("all"))
+        model.add_adapter("x", at("all", CONFIG, "model.layers.9"))
     with pytest.raises(ValueError, match="explicit module patterns"):
-        add_output_adapter(model, "x", RoadConfig(), Positions("all"))
-    add_output_adapter(
-        model, "x", RoadConfig(group_size=2, targets=("mlp.act_fn",)), Positions("all"), size=128
-    )
+        RoadConfig(positions="all")
+    with pytest.raises(ValueError, match="matches no Linear/Conv1D module"):
+        model.add_adapter("x", RoadConfig(group_size=2, targets=("model.layers.0",)))
+    assert not model.sites and not model.configs
+    model.add_adapter("x", at("all", CONFIG, "mlp.act_fn"), size=128)
     with pytest.raises(ValueError, match="pass size=256"):
         model(input_ids)
+    with pytest.raises(ValueError, match="one site per module"):
+        model.add_adapter("z", at("last", CONFIG, "mlp.act_fn"), size=128)
     bert = RoadModel(tiny_bert())
-    add_output_adapter(
-        bert, "p", RoadConfig(group_size=2, targets=("bert.pooler",)), Positions("last")
-    )
+    bert.add_adapter("p", at("last", CONFIG, "bert.pooler"))
     with pytest.raises(ValueError, match="Positions\\('all'\\)"):
         bert(input_ids)
 
@@ -235,8 +246,8 @@ def test_teacher_forcing_rotates_the_last_prompt_token_not_the_last_answer_token
     batch = pad_left(items, pad_id=0)  # widths 10 and 9: row 1 has one pad token
     last_prompt = torch.tensor([6, 1 + 3])
     model = RoadModel(tiny_llama())
-    add_output_adapter(model, "x", CONFIG, Positions("last"), seed=4)
-    c, s = output_sites(model)[f"model.layers.1.{SITE_ATTR}"].adapter("x").coefficients()
+    model.add_adapter("x", CONFIG, seed=4)
+    c, s = model.sites["model.layers.1"].adapter("x").coefficients()
     layer = model.model.model.layers[1]
     with torch.no_grad():
         ours, mask = answer_logprobs(model, batch)
@@ -254,24 +265,38 @@ def test_teacher_forcing_rotates_the_last_prompt_token_not_the_last_answer_token
 
 def test_positions_travel_with_the_adapter_and_mismatches_are_clear_errors(tmp_path):
     model = RoadModel(tiny_llama())
-    add_output_adapter(model, "last", CONFIG, Positions("last", 2), seed=1)
-    add_output_adapter(
-        model, "all", replace_targets(CONFIG, "model.layers.0"), Positions("all"), seed=2
-    )
-    last, every = adapter_from_model(model, "last"), adapter_from_model(model, "all")
-    assert (last.positions, every.positions) == ("last:2", "all")
+    model.add_adapter("last", replace(CONFIG, positions=Positions("last", 2)), seed=1)
+    model.add_adapter("all", at("all", CONFIG, "model.layers.0"), seed=2)
+    last, every = model.adapter_file("last"), model.adapter_file("all")
+    assert (last.positions, every.positions) == (Positions("last", 2), Positions("all"))
     with pytest.raises(ValueError, match="same token positions"):
         union({"last": last, "all": every})
     with pytest.raises(ValueError, match="linear layers only"):
         write_peft(last, tmp_path / "peft")
-    save_adapter(model, "last", tmp_path / "last")
-    with pytest.raises(ValueError, match="load_output_adapter"):
-        load_adapter(RoadModel(tiny_llama()), tmp_path / "last")
     assert not (tmp_path / "peft").exists()
 
 
-def replace_targets(config: RoadConfig, target: str) -> RoadConfig:
-    return RoadConfig(config.variant, config.group_size, (target,), config.init)
+def test_format_1_folders_load_unchanged():
+    """Folders written before placement moved into the config (format 1: positions beside
+    it, output sites keyed ``<module>.road_output``) read as the same adapter."""
+    measured = Path(__file__).parents[1] / "experiments" / "composition" / "measured"
+    folders = sorted(measured.glob("*/adapters/*"))
+    assert len(folders) >= 8
+    for folder in folders:
+        meta = json.loads((folder / "road_config.json").read_text())
+        assert meta["format_version"] == 1
+        adapter = read_adapter(folder)
+        stored = load_file(folder / "road_adapter.safetensors")
+        positions = meta.get("positions")  # linear adapters had none
+        assert adapter.positions == (positions and Positions.parse(positions))
+        targets = meta["adapter"]["targets"]
+        if isinstance(targets, list):
+            assert adapter.config.targets == tuple(t.removesuffix(f".{SITE_ATTR}") for t in targets)
+        for old, size in meta["sites"].items():
+            theta, alpha = adapter.params[old.removesuffix(f".{SITE_ATTR}")]
+            assert adapter.sites[old.removesuffix(f".{SITE_ATTR}")] == size
+            assert torch.equal(theta, stored[f"{old}.theta"])
+            assert torch.equal(alpha, stored[f"{old}.alpha"])
 
 
 @pytest.mark.real
@@ -290,8 +315,8 @@ def test_smollm2_last_prompt_token_site_scores_the_answer_as_generation_predicts
     batch = pad_left([item], tok.pad_token_id)
     model = RoadModel(hf)
     try:
-        config = RoadConfig("road_1", 2, ("model.layers.15",), "random")
-        add_output_adapter(model, "x", config, Positions("last"), seed=0)
+        config = RoadConfig("road_1", 2, ("model.layers.15",), "random", positions="last")
+        model.add_adapter("x", config, seed=0)
         n = item["labels"].count(IGNORE_INDEX)
         with torch.no_grad():
             logp, _ = answer_logprobs(model, batch)
