@@ -22,7 +22,8 @@ from peft import get_peft_model
 from torch import nn
 
 from experiments.machine import describe
-from road_interp import RoadConfig, RoadLinear, rotation
+from road_interp import RoadConfig, rotation
+from road_interp.layers import RoadLinear
 
 
 def timed(fn, repeats: int) -> float:

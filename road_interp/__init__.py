@@ -1,31 +1,45 @@
 """road_interp: train, serve, compose and understand RoAd (2D rotary adaptation) adapters.
 
 RoAd (Liao & Monz, NeurIPS 2024) rotates and scales pairs of coordinates of a frozen model's
-hidden vectors. See `road_interp.rotation` for the math and `road_interp.model.RoadModel` for
-the entry point.
+hidden vectors. The user-facing verbs are here; `road_interp.model.RoadModel` is the entry
+point, `road_interp.rotation` holds the math, and the submodules (`subspaces`, `compose`,
+`analysis`, `pyvene_view`, `bank`, `tasks`, ...) hold the rest.
 """
 
 from . import rotation
+from .bank import AdapterBank
+from .compose import invert, overlap_report, product, restrict, scale, union
 from .config import FORMAT_VERSION, Positions, RoadConfig
 from .io import AdapterFile, read_adapter, write_adapter, write_peft
-from .layers import RoadAdapter, RoadLinear, RoadSite
 from .model import RoadModel
 from .models import fetch_model, load_model, load_tokenizer
+from .subspaces import Subspace
+from .tasks import get_task, list_tasks
+from .training import TrainConfig, train
 
 __all__ = [
     "FORMAT_VERSION",
-    "Positions",
+    "AdapterBank",
     "AdapterFile",
-    "RoadAdapter",
+    "Positions",
     "RoadConfig",
-    "RoadLinear",
     "RoadModel",
-    "RoadSite",
+    "Subspace",
+    "TrainConfig",
     "fetch_model",
+    "get_task",
+    "invert",
+    "list_tasks",
     "load_model",
     "load_tokenizer",
+    "overlap_report",
+    "product",
     "read_adapter",
+    "restrict",
     "rotation",
+    "scale",
+    "train",
+    "union",
     "write_adapter",
     "write_peft",
 ]

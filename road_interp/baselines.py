@@ -149,11 +149,11 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     inner = unwrap(model)
     base_names = {n for n, _ in inner.named_parameters()}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head)
-    adapter_marks = (".adapters.", "lora_")
+    road = model.adapter_parameter_ids() if isinstance(model, RoadModel) else set()
     base = sum(
         p.numel()
         for n, p in inner.named_parameters()
-        if n in base_names and not any(m in n for m in adapter_marks)
+        if n in base_names and id(p) not in road and "lora_" not in n  # PEFT names LoRA lora_*
     )
     return {
         "trainable": trainable,
