@@ -382,7 +382,13 @@ class RoadModel(nn.Module):
     def trainable_report(self, name: str | None = None) -> pd.DataFrame:
         """Parameters of adapter ``name`` (default: the first active) per module type.
 
-        Columns: module_type, sites, params, pct_of_base. The last row is the total.
+        One row per module type (``self_attn.q_proj``, ``block`` for a block's output, ...),
+        in the order the sites come in the model. Columns: module_type, sites (how many sites
+        of that type hold the adapter), params (its θ and α entries there) and
+        percent_of_base (params as a percentage of the base model's parameters: 0.1 means
+        0.1 %). There is no total row; the adapter's total is ``table[["sites", "params",
+        "percent_of_base"]].sum()``, and ``table.attrs["base_params"]`` holds the base
+        model's parameter count the percentages divide by.
         """
         name = name or (self.active[0] if self.active else next(iter(self.configs), None))
         if name is None:
@@ -399,11 +405,8 @@ class RoadModel(nn.Module):
         table = pd.DataFrame(
             [(k, n, p) for k, (n, p) in rows.items()], columns=["module_type", "sites", "params"]
         )
-        total = pd.DataFrame(
-            [("total", table["sites"].sum(), table["params"].sum())], columns=table.columns
-        )
-        table = pd.concat([table, total], ignore_index=True)
-        table["pct_of_base"] = 100.0 * table["params"] / base
+        table["percent_of_base"] = 100.0 * table["params"] / base
+        table.attrs["base_params"] = base
         return table
 
 

@@ -138,12 +138,37 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str):
+def is_causal_lm(name_or_path: str) -> bool:
+    """Whether the model's config names a ``...ForCausalLM`` architecture (a decoder that
+    generates), read from its config alone."""
+    from transformers import AutoConfig
+
+    if name_or_path in EMBEDDED:
+        return EMBEDDED[name_or_path].kind == "causal-lm"
+    config = AutoConfig.from_pretrained(resolve(name_or_path))
+    return any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+
+
+def load_tokenizer(name_or_path: str, *, padding_side: str | None = None):
+    """The model's tokenizer (offline), with a pad token (EOS when it has none).
+
+    ``padding_side``: None pads causal LMs on the **left**, so that a padded batch can go
+    straight to ``generate`` (new tokens are appended on the right, after every row's last
+    real token), and keeps the tokenizer's own side otherwise (right for BERT); or
+    ``"left"``/``"right"`` to choose. Pass ``padding_side="right"`` to a call
+    (``tok(texts, padding=True, padding_side="right")``) for a single batch.
+    """
     from transformers import AutoTokenizer
 
+    if padding_side not in (None, "left", "right"):
+        raise ValueError(f"padding_side must be None, 'left' or 'right', not {padding_side!r}")
     tok = AutoTokenizer.from_pretrained(resolve(name_or_path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if padding_side is None and is_causal_lm(name_or_path):
+        padding_side = "left"
+    if padding_side is not None:
+        tok.padding_side = padding_side
     return tok
 
 
@@ -162,7 +187,6 @@ def load_model(
     decoders, classification for encoders.
     """
     from transformers import (
-        AutoConfig,
         AutoModel,
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -170,9 +194,7 @@ def load_model(
 
     path = resolve(name_or_path)
     if task == "auto":
-        config = AutoConfig.from_pretrained(path)
-        is_decoder = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-        task = "causal-lm" if is_decoder else "classification"
+        task = "causal-lm" if is_causal_lm(name_or_path) else "classification"
     torch.manual_seed(seed)  # the new classification head's init
     if task == "classification":
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -83,11 +83,17 @@ def test_parameter_efficiency_matches_design(real):
     try:
         road.add_adapter("a", RoadConfig())
         report = road.trainable_report()
-        total = report.iloc[-1]
+        assert "total" not in set(report["module_type"])  # one row per module type only
+        assert list(report.columns) == ["module_type", "sites", "params", "percent_of_base"]
         coords = sum(site.size for site in road.sites.values())
-        assert total["params"] == coords
+        assert report["params"].sum() == coords
+        assert report["sites"].sum() == len(road.sites)
+        base = sum(p.numel() for p in model.parameters()) - coords
+        assert report.attrs["base_params"] == base
         expected_pct = {"BertForSequenceClassification": 0.091, "LlamaForCausalLM": 0.116}
-        assert total["pct_of_base"] == pytest.approx(expected_pct[type(model).__name__], abs=0.001)
+        percent = report["percent_of_base"].sum()
+        assert percent == pytest.approx(expected_pct[type(model).__name__], abs=0.001)
+        assert percent == pytest.approx(100 * coords / base)
     finally:
         road.remove()
 
@@ -109,3 +115,27 @@ def test_adapters_name_the_embedded_model_the_same_on_every_machine(tmp_path, re
         "architecture": "LlamaForCausalLM",
         "name_or_path": "smollm2",
     }
+
+
+def test_causal_lm_tokenizers_pad_on_the_left_for_generation(real_smollm2):
+    """load_tokenizer pads causal LMs on the left by default, so a padded batch goes straight
+    to generate: each row continues as it does alone (and no right-padding warning)."""
+    from transformers import GenerationConfig
+
+    from road_interp import load_tokenizer
+
+    model, tok = real_smollm2
+    assert tok.padding_side == "left"
+    assert load_tokenizer("minilm").padding_side == "right"  # encoders keep their own side
+    assert load_tokenizer("smollm2", padding_side="right").padding_side == "right"
+    with pytest.raises(ValueError, match="padding_side"):
+        load_tokenizer("smollm2", padding_side="middle")
+    prompts = ["Paris is the capital of", "One, two,"]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    assert batch["attention_mask"][1, 0] == 0  # the shorter prompt is padded at its start
+    greedy = GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        together = model.generate(**batch, generation_config=greedy)[:, -4:]
+        for row, prompt in enumerate(prompts):
+            alone = model.generate(**tok([prompt], return_tensors="pt"), generation_config=greedy)
+            assert torch.equal(together[row], alone[0, -4:])

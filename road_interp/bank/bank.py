@@ -208,7 +208,9 @@ class AdapterBank:
     ) -> Any:
         """``model.generate`` with request i routed to ``routes[i]`` (greedy, sampling or beam
         search, as ``generation_config`` (a `transformers.GenerationConfig`) says; default: the
-        model's own). Returns what Hugging Face's ``generate`` returns. Use left padding."""
+        model's own). Returns what Hugging Face's ``generate`` returns. Pass a left-padded batch
+        (new tokens are appended on the right); `road_interp.load_tokenizer` pads causal LMs
+        on the left by default."""
         rows = self.rows_for(routes)
         if input_ids.shape[0] != rows.shape[0]:
             raise ValueError(
@@ -226,10 +228,12 @@ class AdapterBank:
 
     # -- reporting --------------------------------------------------------------------------
     def memory_report(self) -> pd.DataFrame:
-        """Memory of the bank per adapter: one row per adapter, plus the identity row and a
-        total. Columns: adapter, row, sites, params (θ + α as stored), table_bytes (its
-        share of the coefficient tables: 2 · d · 4 bytes per site), pct_of_base (table_bytes
-        relative to the base model's parameter bytes)."""
+        """Memory of the bank: one row for the identity row (the base model) and one per
+        adapter. Columns: adapter, row, sites, params (θ + α as stored), table_bytes (its
+        share of the coefficient tables: 2 · d · 4 bytes per site), percent_of_base
+        (table_bytes as a percentage of the base model's parameter bytes: 0.1 means 0.1 %).
+        There is no total row: the bank's total is the sum of each column, and
+        ``table.attrs["base_bytes"]`` holds the base model's parameter bytes."""
         ours = self.model.adapter_parameter_ids()
         base_bytes = sum(
             p.numel() * p.element_size() for p in self.model.model.parameters() if id(p) not in ours
@@ -241,15 +245,8 @@ class AdapterBank:
             params = sum(t.numel() + a.numel() for t, a in f.params.values())
             records.append((name, self._rows[name], len(f.params), params, row_bytes))
         table = pd.DataFrame(records, columns=["adapter", "row", "sites", "params", "table_bytes"])
-        total = {
-            "adapter": "total",
-            "row": pd.NA,
-            "sites": len(self.tables.sites),
-            "params": int(table["params"].sum()),
-            "table_bytes": sum(t.nbytes for t in self.tables.sites.values()),
-        }
-        table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
-        table["pct_of_base"] = 100.0 * table["table_bytes"] / base_bytes
+        table["percent_of_base"] = 100.0 * table["table_bytes"] / base_bytes
+        table.attrs["base_bytes"] = base_bytes
         return table
 
     # -- checks -----------------------------------------------------------------------------

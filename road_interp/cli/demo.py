@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"\n== {name} ({type(model).__name__}) with {config.variant}, group_size {config.group_size}"
         )
-        print(road.trainable_report().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        report = road.trainable_report()
+        print(report.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(
+            f"total: {report['params'].sum():,} trainable parameters in "
+            f"{report['sites'].sum()} sites, {report['percent_of_base'].sum():.4f} % of the "
+            f"base model's {report.attrs['base_params']:,}"
+        )
         same = torch.equal(base, adapted)
         print(f"identity adapter leaves logits bit-identical: {same}")
         if not same:
