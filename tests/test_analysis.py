@@ -115,6 +115,7 @@ def test_parse_site_and_module_order():
     )
     assert stats.parse_site("transformer.h.0.attn.c_attn") == (0, "attn.c_attn")
     assert stats.parse_site("bert.pooler.dense") == (None, "bert.pooler.dense")
+    assert stats.parse_site("model.layers.15") == (15, "block")  # a block's own output
     order = stats.module_order(
         ["output.dense", "intermediate.dense", "attention.output.dense", "attention.self.query"]
     )
@@ -124,6 +125,30 @@ def test_parse_site_and_module_order():
         "intermediate.dense",
         "output.dense",
     ]
+
+
+def test_tables_come_in_numeric_layer_order():
+    """layers.12 after layers.3 (not text order), also for block-output sites and summaries
+    by site, whatever order the file lists its sites in."""
+    layers = [12, 3, 0, 10, 2]
+    sites = {f"model.layers.{i}": (np.full(4, 0.01 * i), np.ones(4)) for i in layers}
+    sites.update({f"model.layers.{i}.mlp.up_proj": (np.zeros(4), np.ones(4)) for i in layers})
+    planes = stats.plane_table(synthetic("road_1", 2, sites), name="toy")
+    order = [0, 2, 3, 10, 12]
+    assert planes.drop_duplicates("layer")["layer"].tolist() == order
+    block = planes[planes["module_type"] == "block"]
+    assert block.drop_duplicates("site")["site"].tolist() == [f"model.layers.{i}" for i in order]
+    by_site = stats.summarize(planes, ("site",))
+    assert by_site["site"].tolist() == [
+        s for i in order for s in (f"model.layers.{i}.mlp.up_proj", f"model.layers.{i}")
+    ]
+    by_layer = stats.summarize(planes.iloc[::-1], ("layer",))  # any input order
+    assert by_layer["layer"].tolist() == order
+    np.testing.assert_allclose(
+        by_layer["max_abs_theta_deg"], np.degrees([0.01 * i for i in order]), rtol=1e-5
+    )
+    two = stats.summarize(pd.concat([planes, planes.assign(adapter="other")]), ("layer",))
+    assert two["adapter"].tolist() == ["toy"] * 5 + ["other"] * 5  # adapters stay together
 
 
 # -- comparisons --------------------------------------------------------------------------------
@@ -276,11 +301,11 @@ def test_analyze_cli_on_a_peft_folder(peft_folder, tmp_path, capsys):
 def test_analyze_cli_bad_input(our_folders, tmp_path, capsys):
     first, _ = our_folders
     (tmp_path / "not_an_adapter").mkdir()
-    assert main(["analyze", str(tmp_path / "not_an_adapter"), "-o", str(tmp_path / "o")]) == 2
+    assert main(["analyze", str(tmp_path / "not_an_adapter"), "-o", str(tmp_path / "o")]) == 1
     assert "is not a RoAd adapter folder" in capsys.readouterr().err
-    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--layers", "9"]) == 2
+    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--layers", "9"]) == 1
     assert "has no layer [9]" in capsys.readouterr().err
-    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--modules", "q_proj"]) == 2
+    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--modules", "q_proj"]) == 1
     assert "has no module_type ['q_proj']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

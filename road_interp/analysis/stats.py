@@ -14,7 +14,7 @@ asymmetry says how far a block is from a pure scaled rotation.
 
 Columns: adapter, variant, group_size, site, layer (block index parsed from the module path,
 <NA> if it has none), module_type (the path after the block index, e.g. ``self_attn.q_proj``,
-``attention.self.query``), plane, coord_a, coord_b, theta (rad), theta_deg, alpha, asymmetry.
+``attention.self.query``; ``block`` for a block's own output), plane, coord_a, coord_b, theta (rad), theta_deg, alpha, asymmetry.
 
 **Entry table** (`entry_table`), the per-row parameters in long format: one row per site, plane
 and block entry ("11", "12", "21", "22"; `road_interp.rotation.ENTRIES`), with the entry's row ("a" or "b"),
@@ -24,6 +24,8 @@ wrapped) and α, and the entry's signed value in the block (α cos θ for "11"/"
 RoAd4 has four distinct ones; ``param_index`` shows the sharing.
 
 Tables of several adapters concatenate (``pd.concat``); every function groups by ``adapter``.
+Rows come in layer order, numerically (layer 3 before layer 12), then in forward order of the
+module types (`MODULE_ORDER`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ DEFAULT_THRESHOLD_DEG = 5.0
 DEFAULT_TOP_FRACTION = 0.1
 """Share of each site's planes, by |θ|, that count as strongly rotated in comparisons."""
 
+BLOCK = "block"
+"""The module type of a block's own output (a site such as ``model.layers.3``, where an
+adapter with positions acts on the residual stream)."""
+
 MODULE_ORDER = (
     "q_proj",
     "query",
@@ -68,6 +74,7 @@ MODULE_ORDER = (
     "down_proj",
     "output.dense",
     "mlp.c_proj",
+    BLOCK,
 )
 """Module-type name parts in forward order (first match wins), for sorting rows and plot axes
 without loading the model; unknown types come after these, alphabetically."""
@@ -108,12 +115,19 @@ def load(adapter: AdapterLike, name: str | None = None) -> tuple[AdapterFile, st
 def parse_site(path: str) -> tuple[int | None, str]:
     """(layer, module type) of a module path: the first all-digit component is the block index,
     the rest is the module type. ``model.layers.3.mlp.up_proj`` -> (3, "mlp.up_proj");
-    a path without an index -> (None, path)."""
+    a block's output ``model.layers.3`` -> (3, "block"); a path without an index -> (None,
+    path)."""
     parts = path.split(".")
     for i, part in enumerate(parts):
-        if part.isdigit() and i + 1 < len(parts):
-            return int(part), ".".join(parts[i + 1 :])
+        if part.isdigit():
+            return int(part), ".".join(parts[i + 1 :]) or BLOCK
     return None, path
+
+
+def site_key(path: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key ordering module paths by their numbers as numbers (``layers.3`` before
+    ``layers.12``), the other parts as text."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in path.split("."))
 
 
 def module_rank(module_type: str) -> tuple[int, str]:
@@ -141,7 +155,11 @@ def _sort(table: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
         index=table.index,
     )
     for column in extra:
-        keys[column] = table[column]
+        if column == "site":  # numbers as numbers: layers.3 before layers.12
+            ranks = {site: i for i, site in enumerate(sorted(set(table["site"]), key=site_key))}
+            keys[column] = table[column].map(ranks)
+        else:
+            keys[column] = table[column]
     order = keys.sort_values(list(keys.columns), kind="stable").index
     return table.loc[order].reset_index(drop=True)
 
@@ -329,14 +347,26 @@ def summarize(
     out = work.groupby(["adapter", *by], sort=False, dropna=False).agg(**aggregations)
     out = out.reset_index()
     out["share_rotated"] = out["share_rotated"].astype(float)
-    if "layer" in by and "module_type" in by:
-        return _sort(out)
+    return _sort_groups(out, by)
+
+
+def _sort_groups(table: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Rows by adapter (first appearance), then layer (numeric, missing last), module type
+    (forward order) and site (numbers as numbers), for the grouping columns present."""
+    keys = pd.DataFrame({"adapter": pd.factorize(table["adapter"])[0]}, index=table.index)
     if "layer" in by:
-        return out.sort_values(["layer"], kind="stable", na_position="last").reset_index(drop=True)
+        keys["layer"] = table["layer"].astype("Float64").fillna(math.inf).astype(float)
     if "module_type" in by:
-        key = out["module_type"].map(lambda m: module_rank(m)[0])
-        return out.assign(_k=key).sort_values("_k", kind="stable").drop(columns="_k")
-    return out
+        keys["module"] = [module_rank(m) for m in table["module_type"]]
+    if "site" in by:  # a site's own layer and module type first, for tables by site alone
+        keys["site"] = [_site_rank(str(site)) for site in table["site"]]
+    order = sorted(table.index, key=lambda i: tuple(keys.loc[i]))
+    return table.loc[order].reset_index(drop=True)
+
+
+def _site_rank(site: str) -> tuple:
+    layer, module_type = parse_site(site)
+    return (math.inf if layer is None else layer, module_rank(module_type), site_key(site))
 
 
 # -- comparing adapters -------------------------------------------------------------------------
