@@ -56,6 +56,14 @@ class RunSpec:
         default=64, metadata={"help": "RoAd pairing group size (64: PEFT's and vLLM's layout)"}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of method 'lora'"})
+    subspace: str | None = field(
+        default=None,
+        metadata={
+            "help": "RoAd only: train on these planes of each site and record them in the "
+            "adapter, so adapters on disjoint planes compose: half:0, half:1, part:K/N, "
+            "range:START:STOP, random:FRACTION:SEED (None: all planes)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -64,7 +72,9 @@ class RunSpec:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
-        RoadConfig(group_size=self.group_size)  # validates the group size
+        RoadConfig(group_size=self.group_size, subspace=self.subspace)  # validates both
+        if self.subspace is not None and self.method not in ROAD_METHODS:
+            raise ValueError(f"subspace is for RoAd methods {ROAD_METHODS}, not {self.method!r}")
 
 
 def split_settings(data: dict[str, Any]) -> tuple[RunSpec, TrainConfig]:
@@ -106,7 +116,7 @@ def apply_method(model: nn.Module, spec: RunSpec, seed: int = 0) -> nn.Module:
         road = RoadModel(model)
         road.add_adapter(
             spec.task.replace(".", "_"),
-            RoadConfig(variant=method, group_size=spec.group_size),
+            RoadConfig(variant=method, group_size=spec.group_size, subspace=spec.subspace),
             seed=seed,
         )
         return road

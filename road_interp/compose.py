@@ -98,8 +98,15 @@ def _named(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) -> dict[
     return {f"adapter{i}": a for i, a in enumerate(adapters)}
 
 
-def _with_params(like: AdapterFile, params: dict[str, Params]) -> AdapterFile:
-    return replace(like, config=replace(like.config, targets=tuple(params)), params=params)
+def _with_params(
+    like: AdapterFile, params: dict[str, Params], *, keeps_planes: bool = True
+) -> AdapterFile:
+    """``like`` with new parameters on the sites of ``params``. ``keeps_planes``: the result
+    moves no plane ``like`` did not (scale, invert), so ``like``'s recorded subspace holds;
+    otherwise (union, product, restrict) none is recorded: `support` tells the planes."""
+    subspace = like.config.subspace if keeps_planes else None
+    config = replace(like.config, targets=tuple(params), subspace=subspace)
+    return replace(like, config=config, params=params)
 
 
 # -- parameters per site ------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def restrict(adapter: AdapterFile, subspace: Subspace) -> AdapterFile:
             torch.where(keep, theta, torch.zeros_like(theta)),
             torch.where(keep, alpha, torch.ones_like(alpha)),
         )
-    return _with_params(adapter, params)
+    return _with_params(adapter, params, keeps_planes=False)
 
 
 def overlap_report(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) -> pd.DataFrame:
@@ -222,7 +229,7 @@ def union(
                 theta, alpha = torch.where(both, pt, theta), torch.where(both, pa, alpha)
             moved |= own
         params[site] = (theta, alpha)
-    return _with_params(first, _float32(params))
+    return _with_params(first, _float32(params), keeps_planes=False)
 
 
 def product(first: AdapterFile, second: AdapterFile) -> AdapterFile:
@@ -234,7 +241,7 @@ def product(first: AdapterFile, second: AdapterFile) -> AdapterFile:
         site: layout.product(_site_params(first, site, d), _site_params(second, site, d))
         for site, d in sizes.items()
     }
-    return _with_params(first, _float32(params))
+    return _with_params(first, _float32(params), keeps_planes=False)
 
 
 def scale(adapter: AdapterFile, lam: float) -> AdapterFile:

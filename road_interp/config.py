@@ -95,6 +95,11 @@ class RoadConfig:
         positions: None (the default) for Linear / Conv1D outputs at every token, mergeable;
             or the `Positions` (or their text, ``"last:1"``) at which the outputs of the
             targeted modules are rotated. Presets need ``positions=None``.
+        subspace: None (every plane), or the planes of each site the adapter may move, as a
+            `road_interp.subspaces.Subspace` spec (``"half:0"``, ``"part:1/3"``,
+            ``"random:0.5:SEED"``, ...). The adapter stays the identity on every other plane
+            through training (`RoadModel.restricted`), so adapters on disjoint subspaces
+            compose by `road_interp.compose.union`.
         format_version: the format this config was written in.
     """
 
@@ -103,6 +108,7 @@ class RoadConfig:
     targets: str | tuple[str, ...] = "default"
     init: str = "identity"
     positions: Positions | None = None
+    subspace: str | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -137,6 +143,8 @@ class RoadConfig:
                 f"module patterns as targets (e.g. 'model.layers.15'), not the preset "
                 f"{self.targets!r}"
             )
+        if self.subspace is not None and (not isinstance(self.subspace, str) or not self.subspace):
+            raise ValueError(f"subspace must be None or a subspace spec, got {self.subspace!r}")
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"this config has format version {self.format_version}, newer than the "

@@ -53,12 +53,16 @@ def evaluate(
     max_length: int = 256,
     seed: int = 0,
     progress: bool = True,
+    predictions: bool = False,
 ) -> dict[str, Any]:
     """Score ``model`` on a task split (or a list of examples) with the task's metric.
 
     Returns ``{"task", "split", "n", "metric", "value", <metric>: value, ...}``; accuracy
     tasks also report ``majority`` (the share of the most frequent gold label, or chance for
-    multiple choice with varying options) and, for causal LMs, ``accuracy_norm``.
+    multiple choice with varying options) and, for causal LMs, ``accuracy_norm``. With
+    ``predictions``, also ``"predictions"`` (per example in order: the predicted label or
+    choice index, or the generated answer's first line) and ``"correct"`` (0/1 per example),
+    so that others can recompute every number and its interval.
     """
     es = data if isinstance(data, ExampleSet) else example_set(data, split, limit, seed)
     kind = check_task_fits(es, model)
@@ -67,11 +71,14 @@ def evaluate(
     try:
         with torch.no_grad():
             if kind == "encoder":
-                scores = _encoder_accuracy(model, tokenizer, es, batch_size, max_length, progress)
+                scorer = _encoder_accuracy
             elif es.kind == "generation":
-                scores = _exact_match(model, tokenizer, es, batch_size, max_length, progress)
+                scorer = _exact_match
             else:
-                scores = _choice_accuracy(model, tokenizer, es, batch_size, max_length, progress)
+                scorer = _choice_accuracy
+            scores, predicted, correct = scorer(
+                model, tokenizer, es, batch_size, max_length, progress
+            )
     finally:
         model.train(was_training)
     result: dict[str, Any] = {"task": es.name, "split": split, "n": len(es), "metric": es.metric}
@@ -79,6 +86,8 @@ def evaluate(
     result.update(scores)
     if es.metric == "accuracy":
         result["majority"] = majority_baseline(es)
+    if predictions:
+        result["predictions"], result["correct"] = predicted, correct
     return result
 
 
@@ -100,18 +109,22 @@ def classifier_logits(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return model(**inputs).logits
 
 
-def _encoder_accuracy(model, tokenizer, es, batch_size, max_length, progress) -> dict[str, float]:
+Scored = tuple[dict[str, float], list[Any], list[int]]
+"""What each scorer returns: the metrics, the prediction per example, and 0/1 per example."""
+
+
+def _encoder_accuracy(model, tokenizer, es, batch_size, max_length, progress) -> Scored:
     device = _device(model)
-    correct = 0
+    predicted: list[int] = []
     for start in tqdm(
         range(0, len(es), batch_size), desc=f"eval {es.name}", disable=not progress, leave=False
     ):
         chunk = es.examples[start : start + batch_size]
         batch = pad(encode_classification(tokenizer, chunk, max_length), _pad_id(tokenizer), True)
         batch = {k: v.to(device) for k, v in batch.items()}
-        pred = classifier_logits(model, batch).argmax(-1)
-        correct += int((pred == batch["labels"]).sum())
-    return {"accuracy": correct / len(es)}
+        predicted += classifier_logits(model, batch).argmax(-1).tolist()
+    correct = [int(p == e.label) for p, e in zip(predicted, es.examples, strict=True)]
+    return {"accuracy": sum(correct) / len(es)}, predicted, correct
 
 
 # ----------------------------------------------------------------------------- causal LM
@@ -158,7 +171,7 @@ def answer_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     return picked * mask, mask
 
 
-def _choice_accuracy(model, tokenizer, es, batch_size, max_length, progress) -> dict[str, float]:
+def _choice_accuracy(model, tokenizer, es, batch_size, max_length, progress) -> Scored:
     """Score every (example, choice) pair by summed log-likelihood; argmax per example."""
     device = _device(model)
     pairs = [(i, j) for i, e in enumerate(es.examples) for j in range(len(e.choices))]
@@ -180,16 +193,19 @@ def _choice_accuracy(model, tokenizer, es, batch_size, max_length, progress) -> 
         batch = {k: v.to(device) for k, v in pad_left(items, _pad_id(tokenizer)).items()}
         logp, _ = answer_logprobs(model, batch)
         scores[start : start + len(chunk)] = logp.sum(-1).float().cpu()
-    correct = correct_norm = 0
+    predicted: list[int] = []
+    correct_norm = 0
     offset = 0
     for e in es.examples:
         n = len(e.choices)
         s = scores[offset : offset + n]
         lengths = torch.tensor([max(1, len(c)) for c in e.choices], dtype=torch.float32)
-        correct += int(int(s.argmax()) == e.label)
+        predicted.append(int(s.argmax()))
         correct_norm += int(int((s / lengths).argmax()) == e.label)
         offset += n
-    return {"accuracy": correct / len(es), "accuracy_norm": correct_norm / len(es)}
+    correct = [int(p == e.label) for p, e in zip(predicted, es.examples, strict=True)]
+    metrics = {"accuracy": sum(correct) / len(es), "accuracy_norm": correct_norm / len(es)}
+    return metrics, predicted, correct
 
 
 def normalize_answer(text: str) -> str:
@@ -221,10 +237,10 @@ def generate_answers(
     return tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
-def _exact_match(model, tokenizer, es, batch_size, max_length, progress) -> dict[str, float]:
+def _exact_match(model, tokenizer, es, batch_size, max_length, progress) -> Scored:
     answers = [answer_of(e) for e in es.examples]
     longest = max(len(tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in answers)
-    correct = 0
+    predicted: list[str] = []
     for start in tqdm(
         range(0, len(es), batch_size), desc=f"eval {es.name}", disable=not progress, leave=False
     ):
@@ -232,9 +248,12 @@ def _exact_match(model, tokenizer, es, batch_size, max_length, progress) -> dict
         outputs = generate_answers(
             model, tokenizer, [es.prompt(e) for e in chunk], longest + 2, max_length
         )
-        for e, text in zip(chunk, outputs, strict=True):
-            correct += int(normalize_answer(text) == normalize_answer(answer_of(e)))
-    return {"exact_match": correct / len(es)}
+        predicted += [normalize_answer(text) for text in outputs]
+    correct = [
+        int(p == normalize_answer(answer_of(e)))
+        for p, e in zip(predicted, es.examples, strict=True)
+    ]
+    return {"exact_match": sum(correct) / len(es)}, predicted, correct
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -25,7 +25,7 @@ activates a frozen copy. Stack adapters explicitly with ``set_active("a", "b")``
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from .io import AdapterFile, read_adapter, write_adapter, write_peft
 from .layers import RoadLinear, RoadOutput, RoadSite
 from .rotation import check_pairing
 from .routing import Router, RowCoefficients
+from .subspaces import Subspace, train_on
 
 RESERVED_NAMES = frozenset(name for name in dir(nn.ModuleDict()) if not name.startswith("__"))
 """Adapter names that would shadow an attribute of the ModuleDict holding a site's adapters
@@ -103,8 +104,14 @@ class RoadModel(nn.Module):
         self._check_new_name(name)
         targets = injection.resolve_targets(self.model, config)
         sizes = {t: size or injection.site_size(self.model, t, config) for t in targets}
+        if config.subspace is not None:
+            Subspace.from_spec(config.subspace, sizes, config.group_size)  # checked up front
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._attach(name, config, sizes, generator)
+        subspace = self.subspace_of(name)
+        if subspace is not None:
+            with train_on(self, name, subspace):  # the identity off its planes from the start
+                pass
         self.set_trainable(name)
         if activate:
             self.set_active(name)
@@ -302,6 +309,26 @@ class RoadModel(nn.Module):
             out[f"{site_name}.theta"] = adapter.theta
             out[f"{site_name}.alpha"] = adapter.alpha
         return out
+
+    def subspace_of(self, name: str) -> Subspace | None:
+        """The planes adapter ``name`` may move (its ``config.subspace``), or None for all."""
+        spec = self.configs[name].subspace
+        if spec is None:
+            return None
+        sizes = {path: site.size for path, site in self.sites_of(name).items()}
+        return Subspace.from_spec(spec, sizes, self.configs[name].group_size)
+
+    @contextmanager
+    def restricted(self) -> Iterator[RoadModel]:
+        """Inside, every trainable adapter with a ``subspace`` trains only on its planes
+        (`road_interp.subspaces.train_on`: the identity elsewhere, gradients masked there).
+        `road_interp.training.train` enters it; enter it around a loop of your own."""
+        with ExitStack() as stack:
+            for name in self.trainable_adapters():
+                subspace = self.subspace_of(name)
+                if subspace is not None:
+                    stack.enter_context(train_on(self, name, subspace))
+            yield self
 
     # -- routing ----------------------------------------------------------------------------
     def route(

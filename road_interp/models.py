@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .files import atomic_folder, pip_download
+from .pooling import POOLINGS, trained_pooling, use_mean_pooling
 
 
 @dataclass(frozen=True)
@@ -179,12 +180,17 @@ def load_model(
     num_labels: int = 2,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    pooling: str | None = None,
 ):
     """Load a model by short name, Hugging Face id or local path (offline).
 
     ``task``: ``"classification"`` (a sequence-classification head, freshly initialised with
     ``seed``), ``"causal-lm"``, ``"encoder"`` (the bare encoder), or ``"auto"``: causal-lm for
     decoders, classification for encoders.
+    ``pooling`` (classification): what the head reads, ``"mean"`` (the masked mean of the last
+    hidden states) or ``"cls"`` (the architecture's pooler on [CLS]); default: how the encoder
+    was trained (`road_interp.pooling.trained_pooling`: mean for sentence-transformers models
+    such as the embedded ``minilm``).
     """
     from transformers import (
         AutoModel,
@@ -197,9 +203,14 @@ def load_model(
         task = "causal-lm" if is_causal_lm(name_or_path) else "classification"
     torch.manual_seed(seed)  # the new classification head's init
     if task == "classification":
+        pooling = pooling or trained_pooling(path)
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, dtype=dtype
         )
+        if pooling == "mean":
+            use_mean_pooling(model)
     elif task == "causal-lm":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     elif task == "encoder":

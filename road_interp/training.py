@@ -75,6 +75,7 @@ from .encoding import (
     unwrap,
 )
 from .evaluation import answer_logprobs, classifier_logits, evaluate, pad_left
+from .model import road_model_in
 
 if TYPE_CHECKING:
     from .tasks import Example, Task
@@ -314,13 +315,15 @@ def train(
         disable=not (config.progress and run.accelerator.is_main_process),
     )
     run.started = time.perf_counter()
-    for step in range(run.start, run.total):
-        record = _step(run, step, forward_context)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        _after_step(run, record)
-        if on_step_end is not None:
-            on_step_end(record["step"], record)
+    road = road_model_in(model)
+    with road.restricted() if road is not None else nullcontext():  # adapters' own subspaces
+        for step in range(run.start, run.total):
+            record = _step(run, step, forward_context)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            _after_step(run, record)
+            if on_step_end is not None:
+                on_step_end(record["step"], record)
     bar.close()
     model.train(was_training)
     return _finish(run)

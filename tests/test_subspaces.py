@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -181,3 +183,33 @@ def test_routing_rejects_bad_rows(input_ids):
         route_subspaces(model, "skills", skills, torch.tensor([0, 1, 0])),
     ):
         pass
+
+
+def test_a_configs_subspace_restricts_training_and_travels_with_the_adapter(tmp_path, input_ids):
+    from road_interp.compose import support, union
+    from road_interp.io import read_adapter
+
+    adapters = {}
+    for half in (0, 1):
+        model = RoadModel(tiny_llama())
+        config = RoadConfig("road_2", 4, targets=("q_proj", "o_proj"), init="random")
+        model.add_adapter("a", replace(config, subspace=f"half:{half}"), seed=half)
+        opt = torch.optim.AdamW(model.adapter_parameters("a").values(), lr=0.1, weight_decay=0)
+        with model.restricted():  # what training.train enters
+            for _ in range(3):
+                opt.zero_grad()
+                model(input_ids).logits.square().mean().backward()
+                opt.step()
+        planes = model.subspace_of("a")
+        moved = support(model.adapter_file("a"))
+        assert planes is not None and moved.planes.keys() == planes.planes.keys()
+        assert all(torch.equal(moved.planes[s], planes.planes[s]) for s in planes.planes)
+        model.save_adapter("a", tmp_path / f"half{half}")
+        adapters[half] = read_adapter(tmp_path / f"half{half}")
+        assert adapters[half].config.subspace == f"half:{half}"
+    both = union(adapters)  # disjoint by construction: no overlap error
+    assert both.config.subspace is None
+    model = RoadModel(tiny_llama())
+    with pytest.raises(ValueError, match="subspace 'half:2'"):
+        model.add_adapter("b", RoadConfig(group_size=4, subspace="half:2"))
+    assert not model.configs and not model.sites

@@ -28,6 +28,11 @@ LANGUAGES = ("en", "fr", "de", "es", "it", "nl", "pl", "pt", "ru", "ja", "zh")
 ALIGNED_ROWS = {"de": 46_912, "pt": 51_723}
 """Rows before which these languages stay aligned with English; the others align fully."""
 LABELS = ("negative", "positive")
+SUBJECTIVITY = ("neutral", "polar")
+"""Labels of the subjectivity task: a neutral sentence vs a positive or negative one."""
+FOUR_WAY = ("negative", "neutral", "positive", "ambivalent")
+POLAR = {"negative": "polar", "positive": "polar", "neutral": "neutral"}
+"""4-way sentiment -> subjectivity label (ambivalent rows are left out)."""
 SIZES = SplitSizes(test=0.05, test_max=3000, validation=0.025, validation_max=1500)
 """Of all 57,466 rows (4 classes): ~1,800 positive/negative test and ~900 validation rows."""
 
@@ -63,17 +68,19 @@ def _usable(lang: str) -> frozenset[int]:
     return frozenset(i for i, (text, _) in enumerate(_rows(lang)) if text and len(where[text]) == 1)
 
 
-def loader(lang: str):
+def loader(lang: str, labels: tuple[str, ...] = LABELS, relabel: dict[str, str] | None = None):
+    """Items of language ``lang`` whose (``relabel``-ed) sentiment is one of ``labels``."""
     if lang not in LANGUAGES:
         raise ValueError(f"MultiEmo has no language {lang!r}; choose from {LANGUAGES}")
 
     def load() -> list[Item]:
         splits, usable = _row_splits(), _usable(lang)
-        return [
-            Item(Example(text, LABELS, LABELS.index(label)), f"row{i}", splits[i])
-            for i, (text, label) in enumerate(_rows(lang))
-            if label in LABELS and i in usable
-        ]
+        items = []
+        for i, (text, sentiment) in enumerate(_rows(lang)):
+            label = relabel.get(sentiment, "") if relabel is not None else sentiment
+            if label in labels and i in usable:
+                items.append(Item(Example(text, labels, labels.index(label)), f"row{i}", splits[i]))
+        return items
 
     return load
 

@@ -3,6 +3,8 @@
 | task | kind | source | RoAd-paper analogue |
 | --- | --- | --- | --- |
 | ``multiemo_<lang>`` | classification, 2 labels | BIG-bench multiemo (pos/neg rows) | SST-2 |
+| ``multiemo4_en`` | classification, 4 labels | BIG-bench multiemo (all rows, English) | SST-5-like |
+| ``subjectivity_en`` | classification, 2 labels | BIG-bench multiemo (neutral vs pos/neg) | SUBJ |
 | ``vitaminc`` | classification, 3 labels | BIG-bench vitaminc_fact_verification | MNLI |
 | ``epistemic_reasoning`` | classification, 2 labels | BIG-bench epistemic_reasoning | RTE |
 | ``hyperbaton`` | classification, 2 labels (a/b) | BIG-bench hyperbaton | CoLA |
@@ -71,6 +73,32 @@ def _build() -> dict[str, Task]:
             )
         )
     tasks += [
+        Task(
+            "multiemo4_en",
+            "classification",
+            "accuracy",
+            "MultiEmo sentiment of an English sentence, 4-way: negative, neutral, positive or "
+            "ambivalent. Same split as multiemo_en.",
+            f"bigbench:{multiemo.task_path('en')}",
+            multiemo.loader("en", multiemo.FOUR_WAY),
+            labels=multiemo.FOUR_WAY,
+            instruction="Is the sentiment of this sentence negative, neutral, positive or "
+            "ambivalent?",
+            text_name="Sentence",
+        ),
+        Task(
+            "subjectivity_en",
+            "classification",
+            "accuracy",
+            "MultiEmo subjectivity of an English sentence: neutral vs polar (positive or "
+            "negative); ambivalent rows dropped. Same split as multiemo_en, so its polar test "
+            "rows are multiemo_en's test rows.",
+            f"bigbench:{multiemo.task_path('en')}",
+            multiemo.loader("en", multiemo.SUBJECTIVITY, multiemo.POLAR),
+            labels=multiemo.SUBJECTIVITY,
+            instruction="Is this sentence neutral, or does it express an opinion (polar)?",
+            text_name="Sentence",
+        ),
         Task(
             "vitaminc",
             "classification",
