@@ -279,7 +279,7 @@ def test_analyze_cli_writes_tables_and_figures(our_folders, tmp_path, capsys):
     expected = {
         "planes.csv", "entries.csv", "summary_layer_module.csv", "summary_layer.csv",
         "summary_module.csv", "summary.csv", "theta_heatmap.png", "alpha_heatmap.png",
-        "angle_histogram.png", "polar.png", "comparison.csv", "overlap.png", "angle_scatter.png",
+        "angle_histogram.png", "theta_alpha.png", "comparison.csv", "overlap.png", "angle_scatter.png",
     }  # fmt: skip
     assert {p.name for p in out.iterdir()} == expected  # no temporary files left behind
     planes = pd.read_csv(out / "planes.csv")
@@ -288,7 +288,7 @@ def test_analyze_cli_writes_tables_and_figures(our_folders, tmp_path, capsys):
     np.testing.assert_allclose(site["alpha"].abs(), alpha.abs().numpy(), rtol=1e-6)
     comparison = pd.read_csv(out / "comparison.csv")
     assert len(comparison) == 12 and comparison["jaccard"].between(0, 1).all()
-    assert (out / "polar.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "theta_alpha.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_analyze_cli_on_a_peft_folder(peft_folder, tmp_path, capsys):
@@ -301,11 +301,11 @@ def test_analyze_cli_on_a_peft_folder(peft_folder, tmp_path, capsys):
 def test_analyze_cli_bad_input(our_folders, tmp_path, capsys):
     first, _ = our_folders
     (tmp_path / "not_an_adapter").mkdir()
-    assert main(["analyze", str(tmp_path / "not_an_adapter"), "-o", str(tmp_path / "o")]) == 1
+    assert main(["analyze", str(tmp_path / "not_an_adapter"), "-o", str(tmp_path / "o")]) == 2
     assert "is not a RoAd adapter folder" in capsys.readouterr().err
-    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--layers", "9"]) == 1
+    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--layers", "9"]) == 2
     assert "has no layer [9]" in capsys.readouterr().err
-    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--modules", "q_proj"]) == 1
+    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--modules", "q_proj"]) == 2
     assert "has no module_type ['q_proj']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

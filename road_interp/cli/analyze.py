@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
         "write to DIR: planes.csv (one row per site and plane: layer, module type, θ, α), "
         "entries.csv (the stored θ, α of every 2x2 block entry), summaries per layer and "
         "module type, per layer, per module type and overall, and figures (heatmaps of mean |θ| "
-        "and mean |α − 1|, an angle histogram, a polar view). With --compare, also the "
+        "and mean |α − 1|, an angle histogram, a θ–α scatter). With --compare, also the "
         "per-site agreement of the two adapters (comparison.csv, overlap heatmap, angle scatter). "
         "Each file is written atomically.",
     )
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             out / "alpha_heatmap.png",
         ),
         write_png(figures.angle_histogram(planes), out / "angle_histogram.png"),
-        write_png(figures.polar_view(planes), out / "polar.png"),
+        write_png(figures.theta_alpha_scatter(planes), out / "theta_alpha.png"),
     ]
     row = overall.iloc[0]
     print(
