@@ -284,10 +284,13 @@ def compose_folders(
     inverted: Sequence[int] = (),
     restrictions: Sequence[str] | None = None,
     peft: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Path, pd.DataFrame]:
     """Read adapter folders, transform each (restrict to a subspace spec, scale, invert, in
-    that order), take their `union` and write it atomically. ``inverted`` holds 0-based input
-    positions. Returns the output folder and the overlap report of the transformed inputs."""
+    that order), take their `union` and write it atomically, validated (a scale that overflows
+    to inf is refused); an adapter folder already at ``output`` is replaced only with
+    ``overwrite``. ``inverted`` holds 0-based input positions. Returns the output folder and
+    the overlap report of the transformed inputs."""
     n = len(inputs)
     scales = list(scales) if scales is not None else [1.0] * n
     restrictions = list(restrictions) if restrictions is not None else ["all"] * n
@@ -315,5 +318,5 @@ def compose_folders(
     check_composable(adapters)
     report = overlap_report(adapters) if n > 1 else pd.DataFrame(columns=OVERLAP_COLUMNS)
     result = union(adapters, on_overlap=on_overlap)
-    written = (write_peft if peft else write_adapter)(result, output)
+    written = (write_peft if peft else write_adapter)(result, output, overwrite=overwrite)
     return written, report

@@ -15,9 +15,13 @@ The sdist is downloaded with ``pip download --no-deps`` from the index pip is co
 and its sha256 is pinned here. pip >= 26 refuses it (bigbench declares a ``file://`` dependency
 on bleurt, which pip 26 rejects while preparing metadata), so the set-up pins ``pip<26``.
 
-Every file is verified (valid JSON with a non-empty ``examples`` list) and written under a
-temporary name, then renamed, so an interrupted fetch leaves nothing half-written. A missing or
-corrupt file raises :class:`DataError` telling the user to run ``road-interp fetch``.
+Every file is verified (valid JSON with a non-empty ``examples`` list, each example with an
+``input`` and its targets) and written under a temporary name, then renamed, so an interrupted
+fetch leaves nothing half-written. Its size and sha256 are recorded then, in
+``$cache/data/manifest.json``: a file cut short later, even at an example boundary (still
+valid JSON), no longer matches and is refetched by ``road-interp fetch``; loading checks the
+size. A file cached before sizes were recorded is recorded the first time it verifies. A
+missing or corrupt file raises :class:`DataError` telling the user to run ``road-interp fetch``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .files import atomic_file, pip_download
+from .files import atomic_file, check_record, file_record, pip_download
 from .models import cache_dir
 
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
@@ -90,7 +94,63 @@ def _check_task_json(payload: bytes, where: str) -> dict:
         raise DataError(f"{where} has no examples; {FETCH_HINT}")
     if not all(isinstance(e, dict) and "input" in e for e in examples):
         raise DataError(f"{where} has examples without an 'input' field; {FETCH_HINT}")
+    if not all(isinstance(e.get("target_scores"), dict) or "target" in e for e in examples):
+        raise DataError(
+            f"{where} has examples without their targets ('target_scores' or 'target'); "
+            f"{FETCH_HINT}"
+        )
     return data
+
+
+# ----------------------------------------------------------------------------- recorded files
+
+
+def manifest_file() -> Path:
+    return data_dir() / "manifest.json"
+
+
+def _records() -> dict[str, dict[str, Any]]:
+    try:
+        records = json.loads(manifest_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def _record(path: Path) -> None:
+    """Remember ``path``'s size and sha256 as fetched (in ``manifest.json``)."""
+    records = _records()
+    records[str(path.relative_to(data_dir()))] = file_record(path)
+    with atomic_file(manifest_file()) as tmp:
+        tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+
+def _changed(path: Path, *, checksum: bool) -> str | None:
+    """What differs from the recorded fetch of ``path`` (None: it matches, or there is no
+    record yet)."""
+    record = _records().get(str(path.relative_to(data_dir())))
+    return None if record is None else check_record(path, record, checksum=checksum)
+
+
+def _verified(path: Path) -> bool:
+    """A cached file parses as a task and matches its record; an unrecorded one that parses
+    is recorded now."""
+    try:
+        _check_task_json(path.read_bytes(), str(path))
+    except (OSError, DataError):
+        return False
+    if str(path.relative_to(data_dir())) not in _records():
+        _record(path)
+        return True
+    return _changed(path, checksum=True) is None
+
+
+def _load_task(path: Path) -> dict:
+    """The parsed task file at ``path``, checked against its recorded size."""
+    problem = _changed(path, checksum=False)
+    if problem is not None:
+        raise DataError(f"{problem}; {FETCH_HINT}")
+    return _check_task_json(path.read_bytes(), str(path))
 
 
 # ----------------------------------------------------------------------------- BIG-bench
@@ -125,15 +185,10 @@ def bigbench_sdist(download: bool = True) -> Path:
 
 
 def bigbench_cached(task_path: str) -> bool:
-    """True when the task file exists and parses as a task with examples."""
+    """True when the task file exists, parses as a task with examples and matches the size
+    and sha256 recorded when it was fetched."""
     path = bigbench_file(task_path)
-    if not path.exists():
-        return False
-    try:
-        _check_task_json(path.read_bytes(), str(path))
-    except DataError:
-        return False
-    return True
+    return path.exists() and _verified(path)
 
 
 def extract_bigbench(task_paths: Iterable[str], sdist: Path) -> list[Path]:
@@ -173,6 +228,7 @@ def _stream_members(sdist: Path, wanted: dict[str, str], written: list[Path]) ->
             _check_task_json(payload, f"{member.name} in {sdist.name}")
             with atomic_file(bigbench_file(task)) as tmp:
                 tmp.write_bytes(payload)
+            _record(bigbench_file(task))
             written.append(bigbench_file(task))
             bar.update(1)
             if not wanted:
@@ -193,7 +249,7 @@ def load_bigbench(task_path: str) -> dict:
     path = bigbench_file(task_path)
     if not path.exists():
         raise DataError(f"BIG-bench task {task_path!r} is not in the cache ({path}); {FETCH_HINT}")
-    return _check_task_json(path.read_bytes(), str(path))
+    return _load_task(path)
 
 
 # ----------------------------------------------------------------------------- reasoning-gym
@@ -235,6 +291,7 @@ def fetch_gym(skills: Iterable[GymSkill], force: bool = False) -> list[Path]:
             payload = json.dumps(generate_gym(skill), ensure_ascii=False).encode()
             with atomic_file(path) as tmp:
                 tmp.write_bytes(payload)
+            _record(path)
         paths.append(path)
     return paths
 
@@ -249,11 +306,12 @@ def _gym_ok(path: Path, skill: GymSkill) -> bool:
         pool = _check_task_json(path.read_bytes(), str(path))
     except (OSError, DataError):
         return False
-    return pool.get("config") == _gym_config(skill) and pool.get("dataset") == skill.dataset
+    same = pool.get("config") == _gym_config(skill) and pool.get("dataset") == skill.dataset
+    return same and _verified(path)
 
 
 def load_gym(skill: str) -> dict:
     path = gym_file(skill)
     if not path.exists():
         raise DataError(f"reasoning-gym skill {skill!r} is not in the cache ({path}); {FETCH_HINT}")
-    return _check_task_json(path.read_bytes(), str(path))
+    return _load_task(path)

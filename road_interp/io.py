@@ -17,7 +17,14 @@ PEFT's folder::
     adapter_model.safetensors "base_model.model.<module path>.road_theta" / ".road_alpha"
 
 Both parameter layouts are the same (see `road_interp.rotation`), so import and export copy
-tensors. `read_adapter` reads either; folders are written atomically.
+tensors. `read_adapter` reads either; folders are written atomically, and never over a folder
+that is not an adapter's (`road_interp.files.atomic_folder`; replacing one needs
+``overwrite=True``).
+
+**One validation path.** `validate` checks an adapter completely: θ and α are 1-D, of equal
+length, the length of a site the group size pairs, and finite. Reading (ours and PEFT's),
+writing (save, export, compose), `RoadModel.load_adapter`, the bank and the analysis all call
+it, so a bad adapter is refused before any model or folder changes.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .config import FORMAT_VERSION, Positions, RoadConfig
 from .files import atomic_folder
 from .layers import SITE_ATTR
-from .rotation import Layout
+from .rotation import PARAMS_PER_COORDINATE, Layout, check_pairing
 
 CONFIG_FILE = "road_config.json"
 WEIGHTS_FILE = "road_adapter.safetensors"
@@ -64,12 +72,62 @@ class AdapterFile:
         return {name: layout.site_size(theta.numel()) for name, (theta, _) in self.params.items()}
 
 
+# -- validation ---------------------------------------------------------------------------------
+def validate(adapter: AdapterFile, where: str = "adapter") -> AdapterFile:
+    """Raise ValueError naming the site unless every site's θ and α are 1-D tensors of the
+    same length n, n is the parameter count of a site of size d = n / (params per coordinate)
+    that ``group_size`` pairs, and every value is finite. Returns ``adapter``."""
+    config = adapter.config
+    if not adapter.params:
+        raise ValueError(f"{where} has no sites; there is nothing to apply")
+    per_coordinate = PARAMS_PER_COORDINATE[config.variant]
+    for site, pair in adapter.params.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError(f"{where}: site {site} must hold a pair (θ, α)")
+        theta, alpha = pair
+        if not (isinstance(theta, torch.Tensor) and isinstance(alpha, torch.Tensor)):
+            raise ValueError(f"{where}: site {site}: θ and α must be tensors")
+        if theta.dim() != 1 or theta.shape != alpha.shape:
+            raise ValueError(
+                f"{where}: site {site} has θ {tuple(theta.shape)} and α {tuple(alpha.shape)}; "
+                "both must be 1-D and of the same length. The adapter is truncated or was "
+                "written by another tool; save or export it again"
+            )
+        d = theta.numel() / per_coordinate
+        if not d.is_integer() or d < 2:
+            raise ValueError(
+                f"{where}: site {site} has {theta.numel()} parameters, which fits no site of "
+                f"{config.variant}; the adapter is damaged"
+            )
+        try:
+            check_pairing(int(d), config.group_size)
+        except ValueError as err:
+            raise ValueError(f"{where}: site {site}: {err}") from None
+        if not (theta.is_floating_point() and alpha.is_floating_point()):
+            raise ValueError(f"{where}: site {site}: θ and α must be floating-point tensors")
+        if not (torch.isfinite(theta).all() and torch.isfinite(alpha).all()):
+            raise ValueError(
+                f"{where}: site {site} has NaN or inf parameters; refusing to use or write "
+                "them (a diverged training run, or a scale too large)"
+            )
+    return adapter
+
+
 # -- reading ------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); the file is corrupt") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _require(meta: dict[str, Any], keys: tuple[str, ...], path: Path, fix: str) -> None:
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(map(repr, missing))}; {fix}")
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
@@ -88,9 +146,11 @@ def read_adapter(path: str | Path) -> AdapterFile:
     """Read an adapter folder (ours or PEFT's RoAd) without a model."""
     folder = Path(path)
     if (folder / CONFIG_FILE).exists():
-        return _read_ours(folder)
+        return validate(_read_ours(folder), str(folder))
     if (folder / PEFT_CONFIG_FILE).exists():
-        return _read_peft(folder)
+        return validate(_read_peft(folder), str(folder))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; give the path of an adapter folder")
     raise FileNotFoundError(
         f"{folder} is not a RoAd adapter folder: it has neither {CONFIG_FILE} nor a PEFT {PEFT_CONFIG_FILE}"
     )
@@ -110,7 +170,11 @@ def _read_ours(folder: Path) -> AdapterFile:
     unknown = set(meta) - {"format_version", "adapter", "base_model", "sites"}
     if unknown:
         raise ValueError(f"{folder / CONFIG_FILE} has unknown keys {sorted(unknown)}")
-    config = RoadConfig.from_dict(meta["adapter"])
+    fix = "the file is incomplete; save or export the adapter again"
+    _require(meta, ("adapter", "base_model", "sites"), folder / CONFIG_FILE, fix)
+    if not isinstance(meta["sites"], dict) or not isinstance(meta["base_model"], dict):
+        raise ValueError(f"{folder / CONFIG_FILE}: 'sites' and 'base_model' must be objects")
+    config = _config(meta["adapter"], folder / CONFIG_FILE)
     tensors = _read_tensors(folder / WEIGHTS_FILE)
     params = {}
     for site in meta["sites"]:
@@ -124,6 +188,16 @@ def _read_ours(folder: Path) -> AdapterFile:
     adapter = AdapterFile(config, meta["base_model"], params)
     _check_shapes(adapter, meta["sites"], folder)
     return adapter
+
+
+def _config(data: Any, where: Path) -> RoadConfig:
+    """The `RoadConfig` of a stored config; any problem is a ValueError naming the file."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: 'adapter' must be an object, got {data!r}")
+    try:
+        return RoadConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _upgrade_v1(meta: dict[str, Any], folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -150,17 +224,30 @@ def _read_peft(folder: Path) -> AdapterFile:
     meta = _read_json(folder / PEFT_CONFIG_FILE)
     if meta.get("peft_type") != "ROAD":
         raise ValueError(f"{folder} is a PEFT adapter of type {meta.get('peft_type')!r}, not ROAD")
+    fix = "the PEFT config is incomplete; save it again with PEFT >= 0.17"
+    _require(meta, ("variant", "group_size"), folder / PEFT_CONFIG_FILE, fix)
     tensors = _read_tensors(folder / PEFT_WEIGHTS_FILE)
     params = {}
     for key, theta in tensors.items():
         if key.endswith(".road_theta"):
             site = key.removeprefix(PEFT_PREFIX).removesuffix(".road_theta")
-            params[site] = (theta, tensors[key.replace(".road_theta", ".road_alpha")])
-    config = RoadConfig(
-        variant=meta["variant"],
-        group_size=meta["group_size"],
-        targets=tuple(sorted(params)),
-        init="identity" if meta.get("init_weights", True) else "random",
+            alpha_key = key.replace(".road_theta", ".road_alpha")
+            if alpha_key not in tensors:
+                raise ValueError(
+                    f"{folder / PEFT_WEIGHTS_FILE} has θ but no α for site {site}; the file "
+                    "is incomplete"
+                )
+            params[site] = (theta, tensors[alpha_key])
+    if not params:
+        raise ValueError(f"{folder / PEFT_WEIGHTS_FILE} holds no RoAd parameters (*.road_theta)")
+    config = _config(
+        {
+            "variant": meta["variant"],
+            "group_size": meta["group_size"],
+            "targets": sorted(params),
+            "init": "identity" if meta.get("init_weights", True) else "random",
+        },
+        folder / PEFT_CONFIG_FILE,
     )
     auto = meta.get("auto_mapping") or {}
     base = {
@@ -171,8 +258,10 @@ def _read_peft(folder: Path) -> AdapterFile:
     return AdapterFile(config, base, params)
 
 
-def _check_shapes(adapter: AdapterFile, sizes: dict[str, int], where: Path) -> None:
+def _check_shapes(adapter: AdapterFile, sizes: dict[str, Any], where: Path) -> None:
     for site, (theta, alpha) in adapter.params.items():
+        if isinstance(sizes[site], bool) or not isinstance(sizes[site], int):
+            raise ValueError(f"{where}: site {site} has size {sizes[site]!r}, not an integer")
         expected = Layout.of(adapter.config).num_params(sizes[site])
         if theta.shape != (expected,) or alpha.shape != (expected,):
             raise ValueError(
@@ -182,9 +271,12 @@ def _check_shapes(adapter: AdapterFile, sizes: dict[str, int], where: Path) -> N
 
 
 # -- writing ------------------------------------------------------------------------------------
-def write_adapter(adapter: AdapterFile, path: str | Path) -> Path:
-    """Write ``adapter`` as our folder format, atomically (all or nothing)."""
+def write_adapter(adapter: AdapterFile, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``adapter`` (validated first) as our folder format, atomically (all or nothing).
+    An existing adapter folder is replaced only with ``overwrite``; any other existing folder
+    or file is refused (`road_interp.files.OutputError`)."""
     folder = Path(path)
+    validate(adapter)
     tensors: dict[str, Tensor] = {}
     for site, (theta, alpha) in adapter.params.items():
         tensors[f"{site}.theta"] = theta.detach().float().contiguous().cpu()
@@ -195,7 +287,7 @@ def write_adapter(adapter: AdapterFile, path: str | Path) -> Path:
         "base_model": adapter.base_model,
         "sites": adapter.sites,
     }
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         save_file(
             tensors,
             str(tmp / WEIGHTS_FILE),
@@ -205,8 +297,10 @@ def write_adapter(adapter: AdapterFile, path: str | Path) -> Path:
     return folder
 
 
-def write_peft(adapter: AdapterFile, path: str | Path) -> Path:
-    """Write ``adapter`` in PEFT's RoAd format (loadable with ``PeftModel.from_pretrained``)."""
+def write_peft(adapter: AdapterFile, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``adapter`` (validated first) in PEFT's RoAd format (loadable with
+    ``PeftModel.from_pretrained``); ``overwrite`` as in `write_adapter`."""
+    validate(adapter)
     if adapter.positions is not None:
         raise ValueError(
             "PEFT's RoAd adapts linear layers only; this adapter acts on module outputs at "
@@ -229,7 +323,7 @@ def write_peft(adapter: AdapterFile, path: str | Path) -> Path:
         "task_type": None,
         "revision": None,
     }
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder

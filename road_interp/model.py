@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from . import injection
 from .config import RoadConfig
-from .io import AdapterFile, read_adapter, write_adapter, write_peft
+from .io import AdapterFile, read_adapter, validate, write_adapter, write_peft
 from .layers import RoadLinear, RoadOutput, RoadSite
 from .rotation import check_pairing
 from .routing import Router, RowCoefficients
@@ -128,8 +128,9 @@ class RoadModel(nn.Module):
         PEFT's RoAd) or an in-memory `AdapterFile`, on exactly its sites and placement.
 
         ``name`` defaults to the folder's name (required for an `AdapterFile`). Everything is
-        checked before the model changes. The loaded adapter is frozen unless ``trainable``.
-        Returns the name.
+        checked before the model changes (`road_interp.io.validate`: shapes, pairing,
+        finiteness; then `check_fits`), and a failure while attaching takes the adapter out
+        again. The loaded adapter is frozen unless ``trainable``. Returns the name.
         """
         if isinstance(source, AdapterFile):
             if name is None:
@@ -139,14 +140,22 @@ class RoadModel(nn.Module):
             adapter, where = read_adapter(source), str(source)
             name = name or Path(source).name
         self._check_new_name(name)
+        validate(adapter, where)
         self.check_fits(adapter, where)
         config = replace(adapter.config, targets=tuple(adapter.params))
-        self._attach(name, config, adapter.sites, None)
-        with torch.no_grad():
-            for path, site in self.sites_of(name).items():
-                theta, alpha = adapter.params[path]
-                site.adapter(name).theta.copy_(theta)
-                site.adapter(name).alpha.copy_(alpha)
+        before = set(self.sites)
+        try:
+            self._attach(name, config, adapter.sites, None)
+            with torch.no_grad():
+                for path, site in self.sites_of(name).items():
+                    theta, alpha = adapter.params[path]
+                    site.adapter(name).theta.copy_(theta)
+                    site.adapter(name).alpha.copy_(alpha)
+        except BaseException:
+            if name in self.configs:
+                self.delete_adapter(name)
+            self.remove_sites(p for p in set(self.sites) - before)
+            raise
         if trainable:
             self.set_trainable(*self.trainable_adapters(), name)
         else:
@@ -167,10 +176,15 @@ class RoadModel(nn.Module):
         }
         return AdapterFile(self.configs[name], self.base_model_identity, params)
 
-    def save_adapter(self, name: str, path: str | Path, *, peft: bool = False) -> Path:
-        """Write adapter ``name`` as a folder, atomically (``peft=True``: PEFT's format)."""
+    def save_adapter(
+        self, name: str, path: str | Path, *, peft: bool = False, overwrite: bool = False
+    ) -> Path:
+        """Write adapter ``name`` as a folder, atomically (``peft=True``: PEFT's format).
+        An existing adapter folder is replaced only with ``overwrite``; a folder holding
+        anything else, or a file, is refused (`road_interp.files.OutputError`)."""
         adapter = self.adapter_file(name)
-        return write_peft(adapter, path) if peft else write_adapter(adapter, path)
+        write = write_peft if peft else write_adapter
+        return write(adapter, path, overwrite=overwrite)
 
     def delete_adapter(self, name: str) -> None:
         self._check_names([name])

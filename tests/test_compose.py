@@ -291,11 +291,11 @@ def test_cli_compose_union_scale_invert_and_overlap(tmp_path, capsys):
     )
     aq = read_adapter(tmp_path / "Aq")
     assert int(support(aq).plane_mask("a.q_proj").sum()) == 16
-    # overlapping inputs: exit code 2, report printed, nothing written
+    # overlapping inputs: exit code 1, report printed, nothing written
     capsys.readouterr()
     assert (
         cli_main(["compose", str(tmp_path / "A"), str(tmp_path / "A"), "-o", str(tmp_path / "X")])
-        == 2
+        == 1
     )
     out = capsys.readouterr()
     assert "shared" in out.out and "more than one adapter" in out.err

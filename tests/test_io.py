@@ -60,7 +60,7 @@ def test_save_load_same_logits_and_overwrite_is_atomic(tmp_path, input_ids):
     model = RoadModel(tiny_gpt2())
     model.add_adapter("a", RoadConfig(variant="road_4", init="random"), seed=3)
     model.save_adapter("a", tmp_path / "a")
-    model.save_adapter("a", tmp_path / "a")  # overwriting leaves one complete folder
+    model.save_adapter("a", tmp_path / "a", overwrite=True)  # leaves one complete folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     with torch.no_grad():
         expected = model(input_ids=input_ids).logits

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..io import AdapterFile, read_adapter
+from ..io import AdapterFile, read_adapter, validate
 from ..rotation import ENTRIES, Layout, plane_indices
 
 AdapterLike = AdapterFile | str | os.PathLike
@@ -106,7 +106,7 @@ def load(adapter: AdapterLike, name: str | None = None) -> tuple[AdapterFile, st
     """The `AdapterFile` and its display name (default: the folder's name, "<run>/final" for
     a training run's final adapter, or "adapter" for one in memory)."""
     if isinstance(adapter, AdapterFile):
-        return adapter, name or "adapter"
+        return validate(adapter, name or "adapter"), name or "adapter"
     path = Path(adapter).resolve()
     default = f"{path.parent.name}/{path.name}" if path.name in RUN_FOLDERS else path.name
     return read_adapter(path), name or default

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig
 
 from .. import rotation
-from ..io import AdapterFile, read_adapter
+from ..io import AdapterFile, read_adapter, validate
 from ..layers import RoadSite
 from ..model import RoadModel
 from .tables import CoefficientTables
@@ -98,6 +98,7 @@ class AdapterBank:
             raise ValueError(f"adapter names must be non-empty strings, got {name!r}")
         if name in self._rows:
             raise ValueError(f"the bank already has an adapter named {name!r}; remove() it first")
+        validate(adapter, f"adapter {name!r}")
         self.model.check_fits(adapter, where=f"adapter {name!r}")
         g = adapter.config.group_size
         if self.group_size is not None and g != self.group_size:
@@ -108,8 +109,6 @@ class AdapterBank:
             )
         rows: dict[str, tuple[Tensor, Tensor]] = {}
         for site, (theta, alpha) in adapter.params.items():
-            if not (torch.isfinite(theta).all() and torch.isfinite(alpha).all()):
-                raise ValueError(f"adapter {name!r}: site {site} has NaN or inf parameters")
             rows[site] = rotation.coefficients(
                 adapter.config.variant, g, theta.detach().float(), alpha.detach().float()
             )

@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..analysis import figures, stats
-from ..files import atomic_file
+from ..files import atomic_file, atomic_folder, check_output
 
 
 def add_parser(sub) -> None:
@@ -23,10 +23,17 @@ def add_parser(sub) -> None:
         "module type, per layer, per module type and overall, and figures (heatmaps of mean |θ| "
         "and mean |α − 1|, an angle histogram, a θ–α scatter). With --compare, also the "
         "per-site agreement of the two adapters (comparison.csv, overlap heatmap, angle scatter). "
-        "Each file is written atomically.",
+        "DIR is written as a whole, atomically; an earlier analysis there is replaced only with "
+        "--overwrite.",
     )
     p.add_argument("adapter", help="adapter folder (road_interp or PEFT RoAd)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it holds an earlier analysis (a folder holding anything else is "
+        "never replaced)",
+    )
     p.add_argument("--compare", metavar="OTHER", help="a second adapter folder to compare with")
     p.add_argument(
         "--threshold-deg",
@@ -87,13 +94,21 @@ def _planes(path: str, args: argparse.Namespace) -> pd.DataFrame:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
+    check_output(out, overwrite=args.overwrite)  # refused before any work
+    with atomic_folder(out, overwrite=args.overwrite) as tmp:
+        written = _analyze(args, tmp)
+    print(f"wrote {written} files to {out}")
+    return 0
+
+
+def _analyze(args: argparse.Namespace, out: Path) -> int:
+    """Write every table and figure into ``out``; returns how many."""
     planes = _planes(args.adapter, args)
     other = _planes(args.compare, args) if args.compare else None
     if other is not None and other["adapter"].iloc[0] == planes["adapter"].iloc[0]:
         other["adapter"] = f"{other['adapter'].iloc[0]} (compare)"
     entries = stats.entry_table(args.adapter)
     entries = entries[entries["site"].isin(planes["site"])]
-    out.mkdir(parents=True, exist_ok=True)
     t = args.threshold_deg
     by_layer_module = stats.summarize(planes, ("layer", "module_type"), threshold_deg=t)
     written = [
@@ -144,5 +159,4 @@ def run(args: argparse.Namespace) -> int:
             f"Pearson r of θ {agreement['theta_pearson']:.3f}, Spearman ρ of |θ| "
             f"{agreement['abs_theta_spearman']:.3f}"
         )
-    print(f"wrote {len(written)} files to {out}")
-    return 0
+    return len(written)

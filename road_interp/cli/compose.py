@@ -22,6 +22,12 @@ def add_parser(sub) -> None:
     p.add_argument("adapters", nargs="+", help="adapter folders, in the order they act")
     p.add_argument("-o", "--output", required=True, help="folder to write (atomically)")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it is an adapter folder already (a folder holding anything "
+        "else is never replaced)",
+    )
+    p.add_argument(
         "--on-overlap",
         choices=["error", "product"],
         default="error",
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             inverted=[i - 1 for i in args.invert],
             restrictions=args.restrict,
             peft=args.format == "peft",
+            overwrite=args.overwrite,
         )
     except OverlapError as err:
         print(err.report.to_string(index=False))

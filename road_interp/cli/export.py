@@ -17,6 +17,12 @@ def add_parser(sub) -> None:
     p.add_argument("adapter", help="adapter folder to read (road_interp or PEFT RoAd)")
     p.add_argument("-o", "--output", required=True, help="folder to write")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it is an adapter folder already (a folder holding anything "
+        "else is never replaced)",
+    )
+    p.add_argument(
         "--format",
         choices=["peft", "road"],
         default="peft",
@@ -29,5 +35,5 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     adapter = read_adapter(args.adapter)
     write = write_peft if args.format == "peft" else write_adapter
-    print(write(adapter, args.output))
+    print(write(adapter, args.output, overwrite=args.overwrite))
     return 0

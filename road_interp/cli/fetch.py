@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
         "task data (BIG-bench task files streamed out of the bigbench==1.0.0 sdist, and "
         "reasoning-gym pools generated with fixed seeds) into the cache ($ROAD_INTERP_CACHE, "
         "default ~/.cache/road_interp). SmolLM2 is converted once from GGUF to safetensors. "
-        "Safe to re-run: valid files are kept, missing or corrupt ones are rebuilt, and an "
+        "Safe to re-run: every file's size and sha256 are recorded when fetched and checked "
+        "again; valid files are kept, missing, cut or changed ones are rebuilt, and an "
         "interrupted fetch leaves nothing half-written.",
     )
     p.add_argument(

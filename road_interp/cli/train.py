@@ -95,20 +95,49 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..baselines import RunSpec, non_default_settings, split_settings
     from ..baselines import run as run_method
+    from ..checkpoints import RESUME_NEUTRAL
     from ..tasks import get_task
     from ..training import TrainConfig
+    from . import UsageError
 
-    spec, config = split_settings(settings_from(args, RunSpec, TrainConfig))
-    get_task(spec.task)  # an unknown task fails here, before anything is written
+    try:  # settings that cannot make a run are usage errors (exit 2), found before any work
+        spec, config = split_settings(settings_from(args, RunSpec, TrainConfig))
+        get_task(spec.task)
+    except (ValueError, TypeError, KeyError) as err:
+        raise UsageError(str(err.args[0]) if isinstance(err, KeyError) else str(err)) from err
     out = Path(args.output)
+    settings = non_default_settings(spec, config)
+    _check_same_run(out / "run.json", settings, RESUME_NEUTRAL)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`
-    if main_process:
-        _write(out / "run.json", non_default_settings(spec, config))
     row = run_method(spec, config, out, test_limit=args.test_limit, resume=not args.no_resume)
-    if main_process:
+    if main_process:  # the run was valid and is done: its settings as a config file
+        _write(out / "run.json", settings)
         _write(out / "test_result.json", row)
         print(json.dumps(row, indent=2))
     return 0
+
+
+def _check_same_run(path: Path, settings: dict[str, Any], neutral: tuple[str, ...]) -> None:
+    """Refuse, before any work, to run in a folder whose ``run.json`` names other settings
+    (the training loop checks the full identity again before it writes anything)."""
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        return  # unreadable: the training loop's own check decides
+    if not isinstance(saved, dict):
+        return
+    diffs = [
+        f"{key}: {saved.get(key)!r} in the run, {settings.get(key)!r} now"
+        for key in sorted(set(saved) | set(settings))
+        if key not in neutral and saved.get(key) != settings.get(key)
+    ]
+    if diffs:
+        raise ValueError(
+            f"{path.parent} holds another run ({'; '.join(diffs[:4])}); resume it with the "
+            "same settings, or choose another output folder"
+        )
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
