@@ -67,3 +67,18 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
         for out in cell.outputs
     )
     assert images >= 1, f"{path.name} showed no figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_says_what_quick_mode_shows_and_has_rendered_figures(path):
+    """A reader learns what the quick numbers can and cannot show, sees the figures without
+    running the notebook (PNGs rendered in quick mode, committed beside it), and full runs
+    write under the repository's results/ from any working directory."""
+    nb = nbformat.read(path, as_version=4)
+    notes = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "**Quick mode.**" in notes and "ROAD_INTERP_NOTEBOOK_QUICK=1" in notes
+    rendered = sorted((path.parent / "figures").glob(f"{path.stem}-*.png"))
+    assert rendered, f"no rendered figures notebooks/figures/{path.stem}-*.png"
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in rendered)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "../results" not in code  # relative to the working directory: not that
