@@ -24,6 +24,11 @@ def add_parser(sub) -> None:
     p.add_argument("--task", required=True, help="registered task name")
     p.add_argument("--adapter", help="trained adapter folder (see above)")
     p.add_argument(
+        "--head",
+        help="encoders: the folder whose head.safetensors to use (default: --adapter's); for a "
+        "composed adapter, the best/ folder of the run that trained this task's skill",
+    )
+    p.add_argument(
         "--split",
         default="test",
         choices=["train", "validation", "test"],
@@ -58,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
             model = RoadModel(model)
             model.load_adapter(folder)
             if is_encoder:
-                if not (folder / "head.safetensors").exists():
+                head = Path(args.head) if args.head else folder
+                if not (head / "head.safetensors").exists():
                     raise FileNotFoundError(
-                        f"{folder} has no head.safetensors; an encoder needs the head trained "
-                        "with its adapter (use a best/ or final/ folder of `road-interp train`)"
+                        f"{head} has no head.safetensors; an encoder needs the head trained "
+                        "for this task (a best/ or final/ folder of `road-interp train`; for a "
+                        "composed adapter pass --head with the folder of this task's run)"
                     )
-                load_head(model, folder)
+                load_head(model, head)
     elif is_encoder:
         raise ValueError(
             "an encoder without a trained head has no meaningful answer; pass --adapter"
