@@ -301,11 +301,11 @@ def test_analyze_cli_on_a_peft_folder(peft_folder, tmp_path, capsys):
 def test_analyze_cli_bad_input(our_folders, tmp_path, capsys):
     first, _ = our_folders
     (tmp_path / "not_an_adapter").mkdir()
-    assert main(["analyze", str(tmp_path / "not_an_adapter"), "-o", str(tmp_path / "o")]) == 2
+    assert main(["analyze", str(tmp_path / "not_an_adapter"), "-o", str(tmp_path / "o")]) == 1
     assert "is not a RoAd adapter folder" in capsys.readouterr().err
-    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--layers", "9"]) == 2
+    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--layers", "9"]) == 1
     assert "has no layer [9]" in capsys.readouterr().err
-    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--modules", "q_proj"]) == 2
+    assert main(["analyze", str(first), "-o", str(tmp_path / "o"), "--modules", "q_proj"]) == 1
     assert "has no module_type ['q_proj']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
