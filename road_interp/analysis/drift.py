@@ -117,7 +117,7 @@ def drift_samples(
     bar = tqdm(
         batches, desc=f"drift ({token} token)", unit="batch", total=total, disable=not progress
     )
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each module's own, put back exactly
     model.eval()  # no dropout: the two runs must differ by the adapter only
     try:
         seen = 0
@@ -126,7 +126,8 @@ def drift_samples(
             frames.extend(batch_frames)
             seen += len(batch_frames[0])
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     if not frames:
         raise ValueError("the batches were empty; drift needs at least one example")
     return pd.concat(frames, ignore_index=True).sort_values(["layer", "example"], kind="stable")
