@@ -18,6 +18,8 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,9 +265,10 @@ def load_model(
         pooling = pooling or trained_pooling(path)
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, dtype=dtype
-        )
+        with _quiet_transformers():  # its report says the new head is missing: we know
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, dtype=dtype
+            )
         if pooling == "mean":
             use_mean_pooling(model)
     elif task == "causal-lm":
@@ -284,3 +287,19 @@ def load_model(
         model.config._name_or_path = name_or_path
     model.eval()
     return model
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and loading bar off inside (its own settings restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

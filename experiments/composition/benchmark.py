@@ -1,0 +1,357 @@
+"""The composition benchmark: does one model composed from two skill adapters keep both?
+
+    python -m experiments.composition.benchmark --preset quick -o results/composition/bench-quick
+
+Each pair is two registered classification tasks on MiniLM, each read by its own head. Per
+(pair, seed) the benchmark trains, as resumable cells of a results store
+(`experiments.composition.store`):
+
+- ``probe/<task>``: the frozen encoder with a trained head (the base model's accuracy);
+- ``skill/<task>/<planes>``: a RoAd1 adapter (and head) on all planes, or on the planes a
+  composition method gives the task: ``halves`` (index halves), ``random`` (a seeded random
+  half and its complement), ``energy`` (`road_interp.allocation`: each skill gets the planes
+  the other skill's data uses least);
+
+then scores each method's composed model on both tasks' test sets with each task's head:
+
+- ``halves`` / ``random`` / ``energy``: `road_interp.compose.union` of the two skills;
+- ``ties``: `road_interp.merging.ties` of the two all-plane skills;
+- ``tuned``: the halves' union with strengths (λ_A, λ_B) (`road_interp.compose.scale`) picked
+  on validation (the best worst-skill retained share).
+
+**Gate** (learnability first): a pair is scored only if each skill beats its probe by
+``gate`` (10 points) on validation, on its half of the planes and on all planes (mean over
+seeds). **Retained share** of a skill under a method: (acc_composed − acc_probe) /
+(acc_alone − acc_probe), where "alone" is that skill's own adapter with the same planes (the
+all-plane adapter for ``ties``), with a paired bootstrap interval over test items (seeds as
+rows of the same items). Target: ≥ 0.95 with the interval's low end ≥ 0.85.
+
+Every per-example correctness is in ``store.jsonl``; the report (README.md, results.csv,
+summary.json, retained.png) is rebuilt from the store at the end of every sitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from road_interp import RoadConfig, RoadModel, Subspace, load_model, load_tokenizer, scale, union
+from road_interp.allocation import allocate, plane_energy
+from road_interp.checkpoints import head_parameters
+from road_interp.evaluation import evaluate
+from road_interp.io import AdapterFile, read_adapter, write_adapter
+from road_interp.merging import ties
+from road_interp.subspaces import model_sizes, train_on
+from road_interp.tasks import get_task
+from road_interp.training import TrainConfig, train
+
+from .. import machine
+from . import bench_report
+from .store import ResultStore, run_cells
+
+METHODS = ("halves", "random", "energy", "ties", "tuned")
+PLANES = {
+    "halves": "halves",
+    "random": "random",
+    "energy": "energy",
+    "ties": "all",
+    "tuned": "halves",
+}
+"""The skills' planes each method composes."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Settings of the benchmark (the defaults are the full run; presets change a few)."""
+
+    pairs: tuple[tuple[str, str], ...] = (("multiemo_en", "subjectivity_en"),)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    steps: int = 300
+    batch_size: int = 16
+    max_length: int = 64
+    lr: float = 1e-2
+    head_lr: float = 1e-2
+    train_examples: int = 4000
+    val_examples: int = 600
+    test_examples: int | None = None
+    """None: the whole test split (≥ 1,000 items per skill)"""
+    gate: float = 0.10
+    """points (as a share) each skill must gain over its probe on validation"""
+    ties_density: float = 0.2
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5)
+    """strengths tried per skill by ``tuned``"""
+    energy_examples: int = 256
+    """training examples per skill whose activations choose the ``energy`` planes"""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(
+        seeds=(0,),
+        methods=("halves", "energy", "ties"),
+        steps=60,
+        train_examples=960,
+        val_examples=200,
+        test_examples=400,
+        energy_examples=64,
+    ),
+    "default": {},
+}
+
+
+def make_config(preset: str, **changes: Any) -> BenchConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return replace(BenchConfig(), **{**PRESETS[preset], **changes})
+
+
+# -- one (pair, seed) -------------------------------------------------------------------------
+class PairRun:
+    """The data, tokenizer and cell folders of one pair at one seed."""
+
+    def __init__(
+        self, cfg: BenchConfig, pair: tuple[str, str], seed: int, folder: Path, store: ResultStore
+    ):
+        self.cfg, self.pair, self.seed, self.folder, self.store = cfg, pair, seed, folder, store
+        self.tok = load_tokenizer("minilm")
+        self.tasks = [get_task(name) for name in pair]
+        self.data = {
+            split: [t.examples(split, limit, seed if split == "train" else 0) for t in self.tasks]
+            for split, limit in (
+                ("train", cfg.train_examples),
+                ("validation", cfg.val_examples),
+                ("test", cfg.test_examples),
+            )
+        }
+        self._planes: dict[str, tuple[Subspace, Subspace]] = {}
+
+    @property
+    def prefix(self) -> str:
+        return f"{'+'.join(self.pair)}/seed{self.seed}"
+
+    def fresh(self, k: int) -> torch.nn.Module:
+        return load_model("minilm", num_labels=len(self.tasks[k].labels), seed=self.seed)
+
+    def train_config(self) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(
+            lr=c.lr,
+            head_lr=c.head_lr,
+            batch_size=c.batch_size,
+            max_steps=c.steps,
+            max_length=c.max_length,
+            seed=self.seed,
+            log_every=max(1, c.steps // 4),
+            progress=False,
+        )
+
+    def scores(self, model: torch.nn.Module, k: int) -> dict[str, list[int]]:
+        """0/1 per validation and test item of task k."""
+        out = {}
+        for split in ("validation", "test"):
+            result = evaluate(
+                model,
+                self.tok,
+                self.data[split][k],
+                batch_size=64,
+                max_length=self.cfg.max_length,
+                progress=False,
+                predictions=True,
+            )
+            out[split] = result["correct"]
+        return out
+
+    # -- cells ------------------------------------------------------------------------------
+    def probe(self, k: int) -> dict[str, Any]:
+        model = self.fresh(k)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        folder = self.cell(f"probe{k}")
+        train(model, self.tok, self.data["train"][k], self.train_config(), folder / "run")
+        shutil.rmtree(folder / "run")  # the scores are what the store keeps
+        return self.scores(model, k)
+
+    def skill(self, k: int, planes: str) -> dict[str, Any]:
+        """Train task k's adapter on ``planes`` (all, halves, random, energy); keep it."""
+        model = RoadModel(self.fresh(k))
+        model.add_adapter("skill", RoadConfig(variant="road_1", group_size=64), seed=self.seed)
+        subspace = self.subspaces(model, planes)[k] if planes != "all" else None
+        folder = self.cell(f"skill{k}-{planes}")
+        with train_on(model, "skill", subspace) if subspace else nullcontext():
+            train(model, self.tok, self.data["train"][k], self.train_config(), folder / "run")
+        write_adapter(model.adapter_file("skill"), folder / "adapter", overwrite=True)
+        head = {n: p.detach().contiguous() for n, p in head_parameters(model).items()}
+        save_file(head, str(folder / "head.safetensors"))
+        shutil.rmtree(folder / "run")  # the adapter and head are kept; the checkpoint is not
+        return self.scores(model, k)
+
+    def compose(self, method: str) -> dict[str, Any]:
+        """Both tasks' validation and test scores of ``method``'s composed model."""
+        planes = PLANES[method]
+        skills = [read_adapter(self.cell(f"skill{k}-{planes}") / "adapter") for k in (0, 1)]
+        if method == "ties":
+            return self.score_composed(ties(skills, density=self.cfg.ties_density), planes)
+        if method != "tuned":
+            return self.score_composed(union(skills), planes)
+        return self.tuned(skills)
+
+    def tuned(self, skills: list[AdapterFile]) -> dict[str, Any]:
+        """The halves' union at the strengths with the best worst-skill validation share."""
+        grid = [(a, b) for a in self.cfg.scales for b in self.cfg.scales]
+        results = {}
+        for lam_a, lam_b in grid:
+            composed = union([scale(skills[0], lam_a), scale(skills[1], lam_b)])
+            results[(lam_a, lam_b)] = self.score_composed(composed, "halves")
+        best = max(grid, key=lambda lam: self.worst_validation_share(results[lam]))
+        return {**results[best], "strengths": list(best)}
+
+    def worst_validation_share(self, result: dict[str, Any]) -> float:
+        shares = []
+        for k in (0, 1):
+            composed = np.mean(result[f"task{k}"]["validation"])
+            probe = np.mean(self.store[f"{self.prefix}/probe/{k}"]["validation"])
+            alone = np.mean(self.store[f"{self.prefix}/skill/{k}/halves"]["validation"])
+            shares.append((composed - probe) / (alone - probe) if alone != probe else -math.inf)
+        return min(shares)
+
+    def score_composed(self, adapter: AdapterFile, planes: str) -> dict[str, Any]:
+        """Each task's scores with ``adapter`` and the head trained beside task k's skill on
+        ``planes``."""
+        out = {}
+        for k in (0, 1):
+            model = RoadModel(self.fresh(k))
+            model.load_adapter(adapter, "composed")
+            head = load_file(str(self.cell(f"skill{k}-{planes}") / "head.safetensors"))
+            with torch.no_grad():
+                for name, value in head.items():
+                    model.model.get_parameter(name).copy_(value)
+            out[f"task{k}"] = self.scores(model, k)
+        return out
+
+    # -- planes -----------------------------------------------------------------------------
+    def subspaces(self, model: RoadModel, planes: str) -> tuple[Subspace, Subspace]:
+        if planes not in self._planes:
+            sizes = model_sizes(model, "skill")
+            if planes == "halves":
+                pair = (Subspace.part(sizes, 0, 2, "A"), Subspace.part(sizes, 1, 2, "B"))
+            elif planes == "random":
+                a = Subspace.random(sizes, 0.5, self.seed, "A")
+                pair = (a, Subspace.full(sizes, "B") - a)
+            else:
+                pair = self.energy_planes(sizes)
+            self._planes[planes] = pair
+        return self._planes[planes]
+
+    def energy_planes(self, sizes: dict[str, int]) -> tuple[Subspace, Subspace]:
+        base = self.fresh(0)  # the base encoder; its head plays no part
+        energies = []
+        for k in (0, 1):
+            texts = [e.text for e in self.data["train"][k][: self.cfg.energy_examples]]
+            batches = [
+                self.tok(
+                    texts[i : i + 32],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.cfg.max_length,
+                )
+                for i in range(0, len(texts), 32)
+            ]
+            energies.append(plane_energy(base, batches, sizes, group_size=64))
+        return allocate(energies[0], energies[1], names=("A", "B"))
+
+    def cell(self, name: str) -> Path:
+        """The folder of one cell's files (its run, adapter and head)."""
+        return self.folder / "cells" / self.prefix / name
+
+
+# -- the grid -----------------------------------------------------------------------------------
+def cells(cfg: BenchConfig, folder: Path, store: ResultStore) -> Iterator[tuple[str, Callable]]:
+    """Every cell in run order: per pair and seed, probes, skills, then compositions."""
+    for pair in cfg.pairs:
+        for seed in cfg.seeds:
+            run = PairRun(cfg, pair, seed, folder, store)
+            planes = sorted({PLANES[m] for m in cfg.methods} | {"halves", "all"})
+            for k in (0, 1):
+                yield f"{run.prefix}/probe/{k}", (lambda r=run, k=k: r.probe(k))
+                for p in planes:
+                    yield f"{run.prefix}/skill/{k}/{p}", (lambda r=run, k=k, p=p: r.skill(k, p))
+            for method in cfg.methods:
+                yield f"{run.prefix}/compose/{method}", (lambda r=run, m=method: r.compose(m))
+
+
+def run_benchmark(
+    cfg: BenchConfig, out: str | Path, budget_minutes: float | None = None
+) -> dict[str, Any]:
+    """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "config.json"
+    if settings.exists() and json.loads(settings.read_text()) != _jsonable(cfg):
+        raise ValueError(
+            f"{folder} holds a benchmark with other settings ({settings}); continue it with "
+            "the same preset and settings, or choose another output folder"
+        )
+    settings.write_text(json.dumps(_jsonable(cfg), indent=2) + "\n")
+    (folder / "machine.json").write_text(json.dumps(machine.describe(), indent=2) + "\n")
+    store = ResultStore(folder)
+    started = time.perf_counter()
+    finished = run_cells(cells(cfg, folder, store), store, budget_minutes)
+    return bench_report.write(cfg, store, folder, finished, time.perf_counter() - started)
+
+
+def _jsonable(cfg: BenchConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.composition.benchmark",
+        description="The composition benchmark: pairs x methods x seeds as resumable cells; "
+        "running it again continues where it stopped and rewrites the report.",
+    )
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=None, help="start no new cell after this long"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=JSON",
+        help=f"override settings, e.g. seeds=[0,1] (fields: {[f.name for f in fields(BenchConfig)]})",
+    )
+    args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        changes[key] = _tuples(json.loads(value))
+    summary = run_benchmark(make_config(args.preset, **changes), args.output, args.budget_minutes)
+    print(json.dumps(summary["verdicts"], indent=2))
+    return 0
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

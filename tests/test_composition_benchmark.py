@@ -1,0 +1,75 @@
+"""The composition benchmark: a store that resumes, honest verdicts, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.composition import bench_report
+from experiments.composition.store import ResultStore, run_cells
+
+
+def test_store_skips_finished_cells_and_survives_a_cut_last_line(tmp_path):
+    calls = []
+
+    def cell(name):
+        return name, lambda: calls.append(name) or {"value": len(calls)}
+
+    store = ResultStore(tmp_path)
+    assert run_cells([cell("a"), cell("b")], store, log=lambda _: None)
+    assert calls == ["a", "b"]
+    with open(store.path, "a") as f:
+        f.write('{"key": "c", "val')  # a kill while writing the third cell
+    again = ResultStore(tmp_path)
+    assert "a" in again and "c" not in again
+    assert run_cells([cell("a"), cell("b"), cell("c")], again, log=lambda _: None)
+    assert calls == ["a", "b", "c"]
+    assert not run_cells([cell("d")], again, budget_minutes=0, log=lambda _: None)
+    lines = store.path.read_text().splitlines()
+    store.path.write_text("\n".join(["garbage", *lines]) + "\n")
+    with pytest.raises(ValueError, match="store is corrupt"):
+        ResultStore(tmp_path)
+
+
+def test_retained_share_and_its_verdicts():
+    probe, alone = np.zeros((1, 100)), np.ones((1, 100))
+    composed = np.ones((1, 100))
+    composed[0, :3] = 0
+    assert bench_report.share(composed, alone, probe) == pytest.approx(0.97)
+    assert bench_report.kept((0.9, 0.97, 1.0)) == "met"
+    assert bench_report.kept((0.8, 0.97, 1.0)) == "not established"
+    assert bench_report.kept((0.5, 0.7, 0.9)) == "not met"
+    assert bench_report.kept((float("nan"), 0.7, float("nan"))) == "not established"
+    assert np.isnan(bench_report.share(composed, probe, probe))
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
+    from experiments.composition.benchmark import make_config, run_benchmark
+
+    cfg = make_config(
+        "quick", steps=2, train_examples=32, val_examples=16, test_examples=16,
+        methods=("halves", "ties"), energy_examples=8,
+    )  # fmt: skip
+    partial = run_benchmark(cfg, tmp_path, budget_minutes=0)
+    assert not partial["finished"] and not (tmp_path / "store.jsonl").exists()
+    summary = run_benchmark(cfg, tmp_path)
+    assert summary["finished"]
+    store = ResultStore(tmp_path)
+    keys = set(store.records)
+    assert {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k} == {"halves", "ties"}
+    record = store["multiemo_en+subjectivity_en/seed0/compose/halves"]
+    assert len(record["task0"]["test"]) == 16 and set(record["task1"]["test"]) <= {0, 1}
+    pair = summary["pairs"]["multiemo_en+subjectivity_en"]
+    assert set(pair["gate"]) == {"multiemo_en", "subjectivity_en"}
+    for task, (low, point, high) in pair["methods"]["halves"]["retained_share"].items():
+        assert task in pair["gate"] and (low is None or low <= point <= high)
+    assert json.loads((tmp_path / "summary.json").read_text())["finished"]
+    assert (tmp_path / "README.md").read_text().startswith("# Composition benchmark")
+    assert run_benchmark(cfg, tmp_path)["finished"]  # nothing left: every cell is skipped
+    assert set(ResultStore(tmp_path).records) == keys
+    with pytest.raises(ValueError, match="other settings"):
+        run_benchmark(make_config("quick", steps=3), tmp_path)
