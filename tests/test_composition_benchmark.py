@@ -52,7 +52,7 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
 
     cfg = make_config(
         "quick", steps=2, train_examples=32, val_examples=16, test_examples=16,
-        methods=("halves", "ties"), energy_examples=8,
+        methods=("halves", "ties", "lora_ta"), energy_examples=8,
     )  # fmt: skip
     partial = run_benchmark(cfg, tmp_path, budget_minutes=0)
     assert not partial["finished"] and not (tmp_path / "store.jsonl").exists()
@@ -60,13 +60,15 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
     assert summary["finished"]
     store = ResultStore(tmp_path)
     keys = set(store.records)
-    assert {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k} == {"halves", "ties"}
+    assert {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k} == {"halves", "ties", "lora_ta"}
     record = store["multiemo_en+subjectivity_en/seed0/compose/halves"]
     assert len(record["task0"]["test"]) == 16 and set(record["task1"]["test"]) <= {0, 1}
     pair = summary["pairs"]["multiemo_en+subjectivity_en"]
     assert set(pair["gate"]) == {"multiemo_en", "subjectivity_en"}
     for task, (low, point, high) in pair["methods"]["halves"]["retained_share"].items():
         assert task in pair["gate"] and (low is None or low <= point <= high)
+    vs_lora = pair["methods"]["halves"]["vs_lora_task_arithmetic"]
+    assert set(vs_lora) == set(pair["gate"])  # a paired difference per skill
     assert json.loads((tmp_path / "summary.json").read_text())["finished"]
     assert (tmp_path / "README.md").read_text().startswith("# Composition benchmark")
     assert run_benchmark(cfg, tmp_path)["finished"]  # nothing left: every cell is skipped

@@ -17,7 +17,9 @@ then scores each method's composed model on both tasks' test sets with each task
 - ``halves`` / ``random`` / ``energy``: `road_interp.compose.union` of the two skills;
 - ``ties``: `road_interp.merging.ties` of the two all-plane skills;
 - ``tuned``: the halves' union with strengths (λ_A, λ_B) (`road_interp.compose.scale`) picked
-  on validation (the best worst-skill retained share).
+  on validation (the best worst-skill retained share);
+- ``lora_ta``, the baseline: LoRA (rank 8) per skill (``lora/<task>``), merged by task
+  arithmetic W + λ (ΔW_A + ΔW_B) with λ picked on validation the same way.
 
 **Gate** (learnability first): a pair is scored only if each skill beats its probe by
 ``gate`` (10 points) on validation, on its half of the planes and on all planes (mean over
@@ -51,6 +53,7 @@ from road_interp import RoadConfig, RoadModel, Subspace, load_model, load_tokeni
 from road_interp.allocation import allocate, plane_energy
 from road_interp.checkpoints import head_parameters
 from road_interp.evaluation import evaluate
+from road_interp.injection import resolve_targets
 from road_interp.io import AdapterFile, read_adapter, write_adapter
 from road_interp.merging import ties
 from road_interp.subspaces import model_sizes, train_on
@@ -61,15 +64,10 @@ from .. import machine
 from . import bench_report
 from .store import ResultStore, run_cells
 
-METHODS = ("halves", "random", "energy", "ties", "tuned")
-PLANES = {
-    "halves": "halves",
-    "random": "random",
-    "energy": "energy",
-    "ties": "all",
-    "tuned": "halves",
-}
-"""The skills' planes each method composes."""
+METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta")
+PLANES = {"halves": "halves", "random": "random", "energy": "energy", "ties": "all"}
+PLANES |= {"tuned": "halves", "lora_ta": "lora"}
+"""The skills each method composes: RoAd1 on those planes, or (lora) the LoRA skills."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +93,9 @@ class BenchConfig:
     """strengths tried per skill by ``tuned``"""
     energy_examples: int = 256
     """training examples per skill whose activations choose the ``energy`` planes"""
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    """not swept: LoRA's usual rate for short runs (RoAd's, 1e-2, is ~10x it)"""
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)
@@ -202,8 +203,35 @@ class PairRun:
         shutil.rmtree(folder / "run")  # the adapter and head are kept; the checkpoint is not
         return self.scores(model, k)
 
+    def lora(self, k: int) -> dict[str, Any]:
+        """Train task k's LoRA (and head); keep each target's ΔW and the head."""
+        from peft import LoraConfig, get_peft_model
+
+        base = self.fresh(k)
+        targets = resolve_targets(base, RoadConfig())
+        r = self.cfg.lora_rank
+        model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets))
+        for p in head_parameters(model).values():
+            p.requires_grad_(True)
+        folder = self.cell(f"lora{k}")
+        config = replace(self.train_config(), lr=self.cfg.lora_lr)
+        train(model, self.tok, self.data["train"][k], config, folder / "run")
+        scores = self.scores(model, k)
+        inner = model.get_base_model()
+        deltas = {
+            name: inner.get_submodule(name).get_delta_weight("default").detach().contiguous()
+            for name in targets
+        }
+        save_file(deltas, str(folder / "delta.safetensors"))
+        head = {n: p.detach().contiguous() for n, p in head_parameters(model).items()}
+        save_file(head, str(folder / "head.safetensors"))
+        shutil.rmtree(folder / "run")
+        return scores
+
     def compose(self, method: str) -> dict[str, Any]:
         """Both tasks' validation and test scores of ``method``'s composed model."""
+        if method == "lora_ta":
+            return self.task_arithmetic()
         planes = PLANES[method]
         skills = [read_adapter(self.cell(f"skill{k}-{planes}") / "adapter") for k in (0, 1)]
         if method == "ties":
@@ -222,13 +250,35 @@ class PairRun:
         best = max(grid, key=lambda lam: self.worst_validation_share(results[lam]))
         return {**results[best], "strengths": list(best)}
 
-    def worst_validation_share(self, result: dict[str, Any]) -> float:
+    def task_arithmetic(self) -> dict[str, Any]:
+        """W + λ (ΔW_A + ΔW_B) at the λ with the best worst-skill validation share."""
+        deltas = [load_file(str(self.cell(f"lora{k}") / "delta.safetensors")) for k in (0, 1)]
+        results = {}
+        for lam in self.cfg.scales:
+            out = {}
+            for k in (0, 1):
+                model = self.fresh(k)
+                with torch.no_grad():
+                    for name, delta in deltas[0].items():
+                        weight = model.get_submodule(name).weight
+                        weight.add_(lam * (delta + deltas[1][name]))
+                self.use_head(model, self.cell(f"lora{k}"))
+                out[f"task{k}"] = self.scores(model, k)
+            results[lam] = out
+        best = max(
+            self.cfg.scales, key=lambda lam: self.worst_validation_share(results[lam], "lora")
+        )
+        return {**results[best], "strengths": [best, best]}
+
+    def worst_validation_share(self, result: dict[str, Any], alone: str = "skill") -> float:
         shares = []
         for k in (0, 1):
             composed = np.mean(result[f"task{k}"]["validation"])
             probe = np.mean(self.store[f"{self.prefix}/probe/{k}"]["validation"])
-            alone = np.mean(self.store[f"{self.prefix}/skill/{k}/halves"]["validation"])
-            shares.append((composed - probe) / (alone - probe) if alone != probe else -math.inf)
+            unit = f"skill/{k}/halves" if alone == "skill" else f"lora/{k}"
+            alone_acc = np.mean(self.store[f"{self.prefix}/{unit}"]["validation"])
+            gain = alone_acc - probe
+            shares.append((composed - probe) / gain if gain != 0 else -math.inf)
         return min(shares)
 
     def score_composed(self, adapter: AdapterFile, planes: str) -> dict[str, Any]:
@@ -238,12 +288,16 @@ class PairRun:
         for k in (0, 1):
             model = RoadModel(self.fresh(k))
             model.load_adapter(adapter, "composed")
-            head = load_file(str(self.cell(f"skill{k}-{planes}") / "head.safetensors"))
-            with torch.no_grad():
-                for name, value in head.items():
-                    model.model.get_parameter(name).copy_(value)
+            self.use_head(model.model, self.cell(f"skill{k}-{planes}"))
             out[f"task{k}"] = self.scores(model, k)
         return out
+
+    @staticmethod
+    def use_head(model: torch.nn.Module, folder: Path) -> None:
+        """Copy the head kept in ``folder`` into a Hugging Face classifier."""
+        with torch.no_grad():
+            for name, value in load_file(str(folder / "head.safetensors")).items():
+                model.get_parameter(name).copy_(value)
 
     # -- planes -----------------------------------------------------------------------------
     def subspaces(self, model: RoadModel, planes: str) -> tuple[Subspace, Subspace]:
@@ -288,11 +342,13 @@ def cells(cfg: BenchConfig, folder: Path, store: ResultStore) -> Iterator[tuple[
     for pair in cfg.pairs:
         for seed in cfg.seeds:
             run = PairRun(cfg, pair, seed, folder, store)
-            planes = sorted({PLANES[m] for m in cfg.methods} | {"halves", "all"})
+            planes = {PLANES[m] for m in cfg.methods} | {"halves", "all"}
             for k in (0, 1):
                 yield f"{run.prefix}/probe/{k}", (lambda r=run, k=k: r.probe(k))
-                for p in planes:
+                for p in sorted(planes - {"lora"}):
                     yield f"{run.prefix}/skill/{k}/{p}", (lambda r=run, k=k, p=p: r.skill(k, p))
+                if "lora" in planes:
+                    yield f"{run.prefix}/lora/{k}", (lambda r=run, k=k: r.lora(k))
             for method in cfg.methods:
                 yield f"{run.prefix}/compose/{method}", (lambda r=run, m=method: r.compose(m))
 
