@@ -11,8 +11,11 @@
                         optimizer.safetensors, rng.safetensors, state.json (step, settings,
                         parameter names, AdamW groups, scheduler, best so far)
     best/  final/       the trained parameters at the best evaluation and at the end: a RoAd
-                        adapter folder (`RoadModel.save_adapter`) plus head.safetensors
-                        for an encoder's head, or trainable.safetensors for other models
+                        adapter folder carrying an encoder's trained head as extra weights
+                        (one folder, one adapter; `restore_trained` puts it back), or
+                        trainable.safetensors for other models. Folders written before
+                        heads travelled keep head.safetensors beside the adapter; it is
+                        still read
 
 **One process, one run.** `run_folder` guards a run: it refuses a folder that holds anything
 but a run's files, takes the lock (a second process gets `RunLocked` naming the first; a lock
@@ -35,6 +38,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +49,8 @@ from torch import Tensor, nn
 
 from .encoding import unwrap
 from .files import OutputError, atomic_file, atomic_folder, recover_folder
-from .model import RoadModel
+from .io import read_adapter, write_adapter
+from .model import HEAD_MODULES, RoadModel, head_parameters  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from .training import TrainConfig
@@ -53,8 +58,6 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint"
 METRICS = "metrics.jsonl"
 SETTINGS = "train_config.json"
-HEAD_MODULES = ("classifier", "score")
-"""Names of sequence-classification heads (BERT/RoBERTa ``classifier``, Llama/GPT-2 ``score``)."""
 LOCK = "run.lock"
 RUN_FILES = (LOCK, SETTINGS, METRICS, "run.json", CHECKPOINT)
 """What only a run folder holds; `run_folder` trains only in a folder that holds one of these
@@ -64,19 +67,6 @@ RESUME_NEUTRAL = ("progress", "eval_batch_size", "log_every", "save_every")
 
 
 # ----------------------------------------------------------------------------- parameters
-
-
-def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters of a sequence classifier's head (``classifier`` / ``score``), by name in the
-    Hugging Face model."""
-    inner = unwrap(model)
-    if not type(inner).__name__.endswith("ForSequenceClassification"):
-        return {}
-    out: dict[str, nn.Parameter] = {}
-    for name, module in inner.named_children():
-        if name in HEAD_MODULES:
-            out.update({f"{name}.{n}": p for n, p in module.named_parameters()})
-    return out
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -105,26 +95,71 @@ def _cpu(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
 
 def save_trained(model: nn.Module, folder: Path) -> Path:
     """Write what was trained, atomically: a `RoadModel`'s trainable adapters (one adapter:
-    the folder is that adapter; several: a subfolder each) plus ``head.safetensors``; for any
-    other model, ``trainable.safetensors`` with every parameter that requires grad."""
+    the folder is that adapter; several: a subfolder each), each carrying its extra weights
+    and the trained head of an encoder (`road_interp.io.AdapterFile.extra`); for any other
+    model, ``trainable.safetensors`` with every parameter that requires grad."""
     with atomic_folder(folder, overwrite=True) as tmp:  # best/ and final/ are the run's own
         adapters = model.trainable_adapters() if isinstance(model, RoadModel) else ()
         if isinstance(model, RoadModel) and adapters:
+            head = {n: p for n, p in head_parameters(model).items() if p.requires_grad}
             for name in adapters:
-                model.save_adapter(name, tmp if len(adapters) == 1 else tmp / name)
-            head = head_parameters(model)
-            if head:
-                save_file(_cpu(head), str(tmp / "head.safetensors"))
+                adapter = model.adapter_file(name)
+                if head.keys() - adapter.extra.keys():  # a trained head travels with it
+                    adapter = replace(adapter, extra={**adapter.extra, **_cpu(head)})
+                write_adapter(adapter, tmp if len(adapters) == 1 else tmp / name)
         else:
             save_file(_cpu(trainable_parameters(model)), str(tmp / "trainable.safetensors"))
     return folder
 
 
+def restore_trained(model: nn.Module, folder: str | Path) -> None:
+    """Put the parameters `save_trained` wrote in ``folder`` back into the model that trained
+    them (e.g. ``best/`` after training ended): each trainable adapter's θ and α, its extra
+    weights and head; ``trainable.safetensors`` for other models."""
+    folder = Path(folder)
+    adapters = model.trainable_adapters() if isinstance(model, RoadModel) else ()
+    if not (isinstance(model, RoadModel) and adapters):
+        load_trainable(model, folder / "trainable.safetensors")
+        return
+    for name in adapters:
+        stored = read_adapter(folder if len(adapters) == 1 else folder / name)
+        params = model.adapter_parameters(name)
+        sites = {key.rpartition(".")[0] for key in params}
+        if set(stored.params) != sites:
+            raise ValueError(
+                f"{folder} holds sites {sorted(stored.params)[:3]}..., adapter {name!r} has "
+                f"{sorted(sites)[:3]}...; it was written by another run"
+            )
+        with torch.no_grad():
+            for site, (theta, alpha) in stored.params.items():
+                params[f"{site}.theta"].copy_(theta)
+                params[f"{site}.alpha"].copy_(alpha)
+        if stored.extra:  # (read_adapter also reads an older folder's head.safetensors)
+            model.copy_extra(stored, name)
+
+
 def load_head(model: nn.Module, path: str | Path) -> None:
-    """Copy ``head.safetensors`` (written by `save_trained`) into a sequence classifier."""
+    """Copy a trained head into a sequence classifier: from an adapter folder that carries it
+    (`save_trained`), from ``head.safetensors`` beside an older one, or from that file."""
     file = Path(path)
+    if file.is_dir() and not (file / "head.safetensors").exists():
+        head_names = set(head_parameters(model))
+        extra = read_adapter(file).extra
+        tensors = {n: v for n, v in extra.items() if n in head_names}
+        if not tensors:
+            raise FileNotFoundError(
+                f"{file} carries no classifier head (nor head.safetensors beside it); an "
+                "encoder needs the head trained for its task: give a best/ or final/ folder "
+                "of `road-interp train`"
+            )
+        _copy_head(model, tensors, file)
+        return
     file = file / "head.safetensors" if file.is_dir() else file
     tensors = _load(file, "train the adapter and its head again (or use the run's other folder)")
+    _copy_head(model, tensors, file)
+
+
+def _copy_head(model: nn.Module, tensors: dict[str, Tensor], file: Path) -> None:
     head = head_parameters(model)
     if set(tensors) != set(head):
         raise ValueError(

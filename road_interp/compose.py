@@ -22,6 +22,12 @@ Every operation works site by site and plane by plane; nothing needs a model.
 The per-site math of `product`, `invert`, `support` and `restrict` is the variant's
 `road_interp.rotation.Layout`; this module applies it site by site, in float64.
 
+**Extra weights** (a classifier's head, `AdapterFile.extra`) travel with their adapter: the
+unary operations keep them, and `union` and `product` keep every input's, so long as no two
+inputs carry the same weight with different values. When they do (two skills' heads), they
+refuse with an `ExtraWeightsCollide` naming the weights, unless told which input's to keep
+(``keep_extra``) or to drop them all (``drop_extra``; give each task its head at evaluation).
+
 Adapters combine only if they share variant and group size, were made for the same base model,
 agree on the size of every shared site and (representation adapters) act at the same token
 positions; otherwise a ValueError names the difference.
@@ -52,7 +58,44 @@ class OverlapError(ValueError):
         self.report = report
 
 
+class ExtraWeightsCollide(ValueError):
+    """Inputs carry the same extra weight (a head) with different values."""
+
+
 Params = tuple[Tensor, Tensor]
+
+
+def merge_extra(
+    adapters: Mapping[str, AdapterFile], *, keep: str | None = None, drop: bool = False
+) -> dict[str, Tensor]:
+    """The extra weights of a composition: every input's, where no two inputs disagree on a
+    weight. ``keep``: the input whose values win where they do; ``drop``: none at all.
+    Raises `ExtraWeightsCollide` on a disagreement that neither settles."""
+    if drop:
+        return {}
+    if keep is not None and keep not in adapters:
+        raise ValueError(f"keep_extra={keep!r} names no input; the inputs are {list(adapters)}")
+    carriers: dict[str, dict[str, Tensor]] = {}  # weight -> input -> value
+    for name, adapter in adapters.items():
+        for weight, value in adapter.extra.items():
+            carriers.setdefault(weight, {})[name] = value
+    merged: dict[str, Tensor] = {}
+    for weight, values in carriers.items():
+        first_name, first = next(iter(values.items()))
+        if keep in values:
+            merged[weight] = values[keep]
+        elif all(torch.equal(first, v) for v in values.values()):
+            merged[weight] = first
+        else:
+            other = next(n for n, v in values.items() if not torch.equal(first, v))
+            raise ExtraWeightsCollide(
+                f"inputs {first_name!r} and {other!r} both carry {weight} with different "
+                "values (each its own head); choose one input's extra weights to keep "
+                "(keep_extra=, road-interp compose --keep-extra N) or drop them all "
+                "(drop_extra=True, --drop-extra) and give each task its own head when "
+                "evaluating (road-interp evaluate --head RUN/best)"
+            )
+    return merged
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -187,15 +230,21 @@ def overlap_report(adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile]) 
 
 
 def union(
-    adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile], on_overlap: str = "error"
+    adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile],
+    on_overlap: str = "error",
+    *,
+    keep_extra: str | None = None,
+    drop_extra: bool = False,
 ) -> AdapterFile:
     """Each plane from the adapter that moves it; planes several adapters move raise an
     `OverlapError` (``on_overlap="error"``) or get their block product in the given order
-    (``on_overlap="product"``). Exact (a parameter copy) where supports are disjoint."""
+    (``on_overlap="product"``). Exact (a parameter copy) where supports are disjoint. Extra
+    weights: `merge_extra` (``keep_extra`` names an input, as a key of ``adapters``)."""
     if on_overlap not in ("error", "product"):
         raise ValueError(f"on_overlap must be 'error' or 'product', got {on_overlap!r}")
     named = _named(adapters)
     check_composable(named)
+    extra = merge_extra(named, keep=keep_extra, drop=drop_extra)
     if on_overlap == "error" and len(named) > 1:
         report = overlap_report(named)
         shared = report[report["shared"] > 0]
@@ -229,19 +278,21 @@ def union(
                 theta, alpha = torch.where(both, pt, theta), torch.where(both, pa, alpha)
             moved |= own
         params[site] = (theta, alpha)
-    return _with_params(first, _float32(params), keeps_planes=False)
+    return replace(_with_params(first, _float32(params), keeps_planes=False), extra=extra)
 
 
 def product(first: AdapterFile, second: AdapterFile) -> AdapterFile:
     """R_second R_first on every plane (``first`` applied first), over the union of sites."""
-    check_composable({"first": first, "second": second})
+    named = {"first": first, "second": second}
+    check_composable(named)
+    extra = merge_extra(named)
     layout = Layout.of(first.config)
     sizes = {**first.sites, **second.sites}
     params = {
         site: layout.product(_site_params(first, site, d), _site_params(second, site, d))
         for site, d in sizes.items()
     }
-    return _with_params(first, _float32(params), keeps_planes=False)
+    return replace(_with_params(first, _float32(params), keeps_planes=False), extra=extra)
 
 
 def scale(adapter: AdapterFile, lam: float) -> AdapterFile:
@@ -285,12 +336,15 @@ def compose_folders(
     restrictions: Sequence[str] | None = None,
     peft: bool = False,
     overwrite: bool = False,
+    keep_extra: int | None = None,
+    drop_extra: bool = False,
 ) -> tuple[Path, pd.DataFrame]:
     """Read adapter folders, transform each (restrict to a subspace spec, scale, invert, in
     that order), take their `union` and write it atomically, validated (a scale that overflows
     to inf is refused); an adapter folder already at ``output`` is replaced only with
-    ``overwrite``. ``inverted`` holds 0-based input positions. Returns the output folder and
-    the overlap report of the transformed inputs."""
+    ``overwrite``. ``inverted`` and ``keep_extra`` (the input whose extra weights win where
+    inputs disagree, `merge_extra`) hold 0-based input positions. Returns the output folder
+    and the overlap report of the transformed inputs."""
     n = len(inputs)
     scales = list(scales) if scales is not None else [1.0] * n
     restrictions = list(restrictions) if restrictions is not None else ["all"] * n
@@ -300,6 +354,10 @@ def compose_folders(
         restrictions *= n
     if len(scales) != n or len(restrictions) != n:
         raise ValueError(f"give one scale and one subspace per input adapter ({n}), or one for all")
+    if keep_extra is not None and not 0 <= keep_extra < n:
+        raise ValueError(
+            f"cannot keep input {keep_extra + 1}'s extra weights: there are {n} inputs"
+        )
     bad = [i for i in inverted if not 0 <= i < n]
     if bad:
         raise ValueError(f"cannot invert input(s) {[i + 1 for i in bad]}: there are {n} inputs")
@@ -317,6 +375,7 @@ def compose_folders(
         adapters[key] = adapter
     check_composable(adapters)
     report = overlap_report(adapters) if n > 1 else pd.DataFrame(columns=OVERLAP_COLUMNS)
-    result = union(adapters, on_overlap=on_overlap)
+    keep = list(adapters)[keep_extra] if keep_extra is not None else None
+    result = union(adapters, on_overlap=on_overlap, keep_extra=keep, drop_extra=drop_extra)
     written = (write_peft if peft else write_adapter)(result, output, overwrite=overwrite)
     return written, report

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .model import RoadModel
+from .model import unwrap  # kept importable from here
 
 if TYPE_CHECKING:
     from .tasks import Example, Task
@@ -126,26 +126,6 @@ def model_kind(model: nn.Module) -> str:
         f"{name} is neither a causal LM nor a sequence classifier; load it with "
         "road_interp.load_model(..., task='classification' or 'causal-lm')"
     )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside DDP, `RoadModel` and PEFT wrappers."""
-    seen = 0
-    while seen < 8:
-        seen += 1
-        inner = getattr(model, "module", None)  # DDP
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        get_base = getattr(model, "get_base_model", None)  # PEFT
-        if callable(get_base):
-            model = get_base()
-            continue
-        if isinstance(model, RoadModel):
-            model = model.model
-            continue
-        break
-    return model
 
 
 def check_task_fits(data: ExampleSet, model: nn.Module) -> str:

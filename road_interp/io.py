@@ -5,7 +5,16 @@ Our folder (format 2)::
 
     road_config.json          {"format_version", "adapter": RoadConfig (placement included),
                                "base_model": {...}, "sites": {"<module path>": d}}
-    road_adapter.safetensors  "<module path>.theta", "<module path>.alpha" (float32)
+    road_adapter.safetensors  "<module path>.theta", "<module path>.alpha" (float32), and
+                              "extra/<parameter name>" for each extra weight
+
+An adapter may carry **extra weights**: trained parameters of the wrapped model that are not
+RoAd's, such as a sequence classifier's head (``classifier.weight``, ``score.weight``). They
+are listed in the config under the optional key ``"extra": {"<parameter name>": shape}`` and
+stored in the same safetensors file under ``extra/<parameter name>``, so one folder is one
+adapter; `RoadModel.load_adapter` copies them into the model. A folder without them has no
+``extra`` key (the format is unchanged); in a run folder written before heads travelled, the
+``head.safetensors`` beside the adapter is read as its extra weights.
 
 A site is keyed by the path of the module it acts on: the Linear layer, or for an adapter at
 token positions, the module whose output it rotates (``model.layers.15``). Format 1 folders
@@ -13,8 +22,14 @@ token positions, the module whose output it rotates (``model.layers.15``). Forma
 
 PEFT's folder::
 
-    adapter_config.json       {"peft_type": "ROAD", "variant", "group_size", "target_modules", ...}
-    adapter_model.safetensors "base_model.model.<module path>.road_theta" / ".road_alpha"
+    adapter_config.json       {"peft_type": "ROAD", "variant", "group_size", "target_modules",
+                               "task_type", "base_model_name_or_path", "modules_to_save", ...}
+    adapter_model.safetensors "base_model.model.<module path>.road_theta" / ".road_alpha", and
+                              "base_model.model.<parameter name>" for `modules_to_save`
+    README.md                 a short model card (written by `write_peft`)
+
+Extra weights travel as PEFT's ``modules_to_save`` (the modules that hold them), which is how
+PEFT saves a classifier's head.
 
 Both parameter layouts are the same (see `road_interp.rotation`), so import and export copy
 tensors. `read_adapter` reads either; folders are written atomically, and never over a folder
@@ -30,7 +45,7 @@ it, so a bad adapter is refused before any model or folder changes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +63,14 @@ WEIGHTS_FILE = "road_adapter.safetensors"
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+LEGACY_HEAD_FILE = "head.safetensors"
+"""Where `road-interp train` kept an encoder's head beside the adapter before heads travelled
+in it; read as the adapter's extra weights."""
+EXTRA_PREFIX = "extra/"
+"""Key prefix of an extra weight in ``road_adapter.safetensors`` (module paths hold no '/')."""
+TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM"}
+"""PEFT's task_type by the ending of the base model's architecture (GPT-2's LMHeadModel is a
+causal LM too)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,9 @@ class AdapterFile:
     base_model: dict[str, Any]
     params: dict[str, tuple[Tensor, Tensor]]
     """site path -> (θ, α)."""
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    """Trained weights of the wrapped model that are not RoAd's, by parameter name in the
+    Hugging Face model (``"classifier.weight"``): a classifier's head, most often."""
 
     @property
     def positions(self) -> Positions | None:
@@ -110,7 +136,20 @@ def validate(adapter: AdapterFile, where: str = "adapter") -> AdapterFile:
                 f"{where}: site {site} has NaN or inf parameters; refusing to use or write "
                 "them (a diverged training run, or a scale too large)"
             )
+    _validate_extra(adapter.extra, where)
     return adapter
+
+
+def _validate_extra(extra: Any, where: str) -> None:
+    if not isinstance(extra, dict):
+        raise ValueError(f"{where}: extra weights must be a dict of name -> tensor")
+    for name, value in extra.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{where}: {name!r} is not a parameter name for an extra weight")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise ValueError(f"{where}: extra weight {name} must be a floating-point tensor")
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{where}: extra weight {name} has NaN or inf values")
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -167,7 +206,7 @@ def _read_ours(folder: Path) -> AdapterFile:
     renamed: dict[str, str] = {}
     if version == 1:
         meta, renamed = _upgrade_v1(meta, folder)
-    unknown = set(meta) - {"format_version", "adapter", "base_model", "sites"}
+    unknown = set(meta) - {"format_version", "adapter", "base_model", "sites", "extra"}
     if unknown:
         raise ValueError(f"{folder / CONFIG_FILE} has unknown keys {sorted(unknown)}")
     fix = "the file is incomplete; save or export the adapter again"
@@ -185,9 +224,30 @@ def _read_ours(folder: Path) -> AdapterFile:
             raise ValueError(
                 f"{folder / WEIGHTS_FILE} lacks the parameters of site {stored}"
             ) from None
-    adapter = AdapterFile(config, meta["base_model"], params)
+    extra = _read_extra(meta.get("extra", {}), tensors, folder)
+    if not extra and (folder / LEGACY_HEAD_FILE).exists():
+        extra = _read_tensors(folder / LEGACY_HEAD_FILE)
+    adapter = AdapterFile(config, meta["base_model"], params, extra)
     _check_shapes(adapter, meta["sites"], folder)
     return adapter
+
+
+def _read_extra(listed: Any, tensors: dict[str, Tensor], folder: Path) -> dict[str, Tensor]:
+    """The extra weights the config lists (name -> shape), each checked against its shape."""
+    if not isinstance(listed, dict):
+        raise ValueError(f"{folder / CONFIG_FILE}: 'extra' must be an object of name -> shape")
+    extra = {}
+    for name, shape in listed.items():
+        key = f"{EXTRA_PREFIX}{name}"
+        if key not in tensors:
+            raise ValueError(f"{folder / WEIGHTS_FILE} lacks the extra weight {name}")
+        if not isinstance(shape, list) or list(tensors[key].shape) != shape:
+            raise ValueError(
+                f"{folder}: extra weight {name} has shape {list(tensors[key].shape)}, the config "
+                f"says {shape!r}; the folder is damaged, save the adapter again"
+            )
+        extra[name] = tensors[key]
+    return extra
 
 
 def _config(data: Any, where: Path) -> RoadConfig:
@@ -227,8 +287,10 @@ def _read_peft(folder: Path) -> AdapterFile:
     fix = "the PEFT config is incomplete; save it again with PEFT >= 0.17"
     _require(meta, ("variant", "group_size"), folder / PEFT_CONFIG_FILE, fix)
     tensors = _read_tensors(folder / PEFT_WEIGHTS_FILE)
-    params = {}
+    params, extra = {}, {}
     for key, theta in tensors.items():
+        if not key.endswith((".road_theta", ".road_alpha")):
+            extra[key.removeprefix(PEFT_PREFIX)] = theta  # modules_to_save (a head)
         if key.endswith(".road_theta"):
             site = key.removeprefix(PEFT_PREFIX).removesuffix(".road_theta")
             alpha_key = key.replace(".road_theta", ".road_alpha")
@@ -255,7 +317,9 @@ def _read_peft(folder: Path) -> AdapterFile:
         "architecture": auto.get("base_model_class"),
         "name_or_path": meta.get("base_model_name_or_path"),
     }
-    return AdapterFile(config, base, params)
+    if base["architecture"] is None and meta.get("task_type") is not None:
+        base["architecture"] = {v: k for k, v in TASK_TYPES.items()}.get(meta["task_type"])
+    return AdapterFile(config, base, params, extra)
 
 
 def _check_shapes(adapter: AdapterFile, sizes: dict[str, Any], where: Path) -> None:
@@ -281,12 +345,16 @@ def write_adapter(adapter: AdapterFile, path: str | Path, *, overwrite: bool = F
     for site, (theta, alpha) in adapter.params.items():
         tensors[f"{site}.theta"] = theta.detach().float().contiguous().cpu()
         tensors[f"{site}.alpha"] = alpha.detach().float().contiguous().cpu()
-    meta = {
+    for name, value in adapter.extra.items():
+        tensors[f"{EXTRA_PREFIX}{name}"] = value.detach().float().contiguous().cpu()
+    meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "adapter": adapter.config.to_dict(),
         "base_model": adapter.base_model,
         "sites": adapter.sites,
     }
+    if adapter.extra:  # optional: folders without extra weights keep the format as it was
+        meta["extra"] = {name: list(value.shape) for name, value in adapter.extra.items()}
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         save_file(
             tensors,
@@ -298,8 +366,17 @@ def write_adapter(adapter: AdapterFile, path: str | Path, *, overwrite: bool = F
 
 
 def write_peft(adapter: AdapterFile, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``adapter`` (validated first) in PEFT's RoAd format (loadable with
-    ``PeftModel.from_pretrained``); ``overwrite`` as in `write_adapter`."""
+    """Write ``adapter`` (validated first) in PEFT's RoAd format, with a model card
+    (README.md); ``overwrite`` as in `write_adapter`.
+
+    The config names the base model by its Hugging Face id (an embedded model's upstream id,
+    `road_interp.models.hub_id`), PEFT's ``task_type`` (SEQ_CLS, CAUSAL_LM) from its
+    architecture, and the modules holding the extra weights as ``modules_to_save``, so
+    ``AutoPeftModelForSequenceClassification.from_pretrained(folder)`` (or ``…ForCausalLM``)
+    loads base, adapter and head in one call (offline once `road-interp fetch` has put the
+    embedded models in the Hugging Face cache)."""
+    from .models import hub_id  # the embedded models' table; io needs it only here
+
     validate(adapter)
     if adapter.positions is not None:
         raise ValueError(
@@ -311,19 +388,76 @@ def write_peft(adapter: AdapterFile, path: str | Path, *, overwrite: bool = Fals
     for site, (theta, alpha) in adapter.params.items():
         tensors[f"{PEFT_PREFIX}{site}.road_theta"] = theta.detach().float().contiguous().cpu()
         tensors[f"{PEFT_PREFIX}{site}.road_alpha"] = alpha.detach().float().contiguous().cpu()
+    for name, value in adapter.extra.items():
+        tensors[f"{PEFT_PREFIX}{name}"] = value.detach().float().contiguous().cpu()
+    recorded = adapter.base_model.get("name_or_path")
+    base_id = hub_id(recorded) if recorded else None
+    modules = sorted({n.rpartition(".")[0] for n in adapter.extra}) or None
     meta = {
         "peft_type": "ROAD",
         "variant": adapter.config.variant,
         "group_size": adapter.config.group_size,
         "target_modules": sorted(adapter.params),
         "init_weights": adapter.config.init == "identity",
-        "base_model_name_or_path": adapter.base_model.get("name_or_path"),
-        "modules_to_save": None,
+        "base_model_name_or_path": base_id,
+        "modules_to_save": modules,
         "inference_mode": True,
-        "task_type": None,
+        "task_type": task_type(adapter.base_model.get("architecture")),
         "revision": None,
     }
     with atomic_folder(folder, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / PEFT_CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        (tmp / "README.md").write_text(model_card(adapter, meta))
     return folder
+
+
+def task_type(architecture: str | None) -> str | None:
+    """PEFT's task_type of a Hugging Face architecture name (None when it has none)."""
+    for ending, kind in TASK_TYPES.items():
+        if architecture and architecture.endswith(ending):
+            return kind
+    if architecture and architecture.endswith("LMHeadModel"):
+        return "CAUSAL_LM"
+    return None
+
+
+def model_card(adapter: AdapterFile, meta: dict[str, Any]) -> str:
+    """A short README.md for a PEFT export: what the adapter is, its base model, how to load
+    it, and what a user must know about how it was trained (`road_interp.models.card_note`)."""
+    from .models import card_note
+
+    base = meta["base_model_name_or_path"] or "(not recorded)"
+    auto = {
+        "SEQ_CLS": "AutoPeftModelForSequenceClassification",
+        "CAUSAL_LM": "AutoPeftModelForCausalLM",
+    }
+    loader = auto.get(meta["task_type"] or "", "AutoPeftModel")
+    n = sum(t.numel() + a.numel() for t, a in adapter.params.values())
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {base}",
+        "tags: [road, peft, road_interp]",
+        "---",
+        "",
+        f"# RoAd adapter ({adapter.config.variant}, group size {adapter.config.group_size})",
+        "",
+        f"A RoAd (2D rotary adaptation) adapter for `{base}`, written by road_interp: "
+        f"{len(adapter.params)} sites, {n:,} parameters"
+        + (
+            f", plus {', '.join(meta['modules_to_save'])} (modules_to_save)."
+            if meta["modules_to_save"]
+            else "."
+        ),
+        "",
+        "```python",
+        f"from peft import {loader}",
+        "",
+        f'model = {loader}.from_pretrained("path/to/this/folder")',
+        "```",
+    ]
+    note = card_note(adapter.base_model.get("name_or_path"))
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"

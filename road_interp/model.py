@@ -20,11 +20,18 @@ under that name in `RoadModel.sites`, and an adapter on block 15's output under
 Activation and training follow PEFT: `add_adapter` makes the new adapter the only active one
 and the only trainable one (the base model and other adapters are frozen); `load_adapter`
 activates a frozen copy. Stack adapters explicitly with ``set_active("a", "b")``.
+
+**Extra weights.** An adapter owns the non-RoAd weights it needs, such as a sequence
+classifier's head (`head_parameters`): `add_adapter` gives a classifier's adapter its head by
+default, `adapter_file` and `save_adapter` write them with the adapter (`AdapterFile.extra`)
+and `load_adapter` copies them back into the model, checked first. The model has one head,
+so it holds the values of the adapter that last loaded (or was given) it; saving another
+adapter that claims the same weights is refused rather than writing the wrong head.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +48,24 @@ from .layers import RoadLinear, RoadOutput, RoadSite
 from .rotation import check_pairing
 from .routing import Router, RowCoefficients
 from .subspaces import Subspace, train_on
+
+HEAD_MODULES = ("classifier", "score")
+"""Names of sequence-classification heads (BERT/RoBERTa ``classifier``, Llama/GPT-2 ``score``)."""
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters of a sequence classifier's head (``classifier`` / ``score``), by name in the
+    Hugging Face model (looked for through `RoadModel`, DDP and PEFT wrappers); {} for other
+    models."""
+    inner = unwrap(model)
+    if not type(inner).__name__.endswith("ForSequenceClassification"):
+        return {}
+    out: dict[str, nn.Parameter] = {}
+    for name, module in inner.named_children():
+        if name in HEAD_MODULES:
+            out.update({f"{name}.{n}": p for n, p in module.named_parameters()})
+    return out
+
 
 RESERVED_NAMES = frozenset(name for name in dir(nn.ModuleDict()) if not name.startswith("__"))
 """Adapter names that would shadow an attribute of the ModuleDict holding a site's adapters
@@ -59,6 +84,10 @@ class RoadModel(nn.Module):
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         self.active: tuple[str, ...] = ()
         self.router = Router(model)
+        self.extras: dict[str, tuple[str, ...]] = {}
+        """adapter name -> names of the wrapped model's parameters that travel with it."""
+        self._extra_holder: dict[str, str] = {}
+        """parameter name -> the adapter whose values that parameter holds now."""
 
     # -- structure --------------------------------------------------------------------------
     @property
@@ -93,15 +122,19 @@ class RoadModel(nn.Module):
         seed: int | None = None,
         activate: bool = True,
         size: int | None = None,
+        extra: Sequence[str] | None = None,
     ) -> None:
         """Put a new adapter ``name`` where ``config`` says (targets and positions).
 
         ``size``: the site size for module outputs (default: the model's ``hidden_size``).
         All targets are checked before anything changes. The new adapter is trainable; the
         base model and every other adapter are frozen. ``activate``: make it the only active
-        adapter.
+        adapter. ``extra``: names of the wrapped model's parameters (or modules) saved and
+        loaded with this adapter (default: a sequence classifier's head, `head_parameters`);
+        they are not made trainable here (`road_interp.training.train` trains the head).
         """
         self._check_new_name(name)
+        extra_names = self._extra_names(extra)
         targets = injection.resolve_targets(self.model, config)
         sizes = {t: size or injection.site_size(self.model, t, config) for t in targets}
         if config.subspace is not None:
@@ -113,6 +146,7 @@ class RoadModel(nn.Module):
             with train_on(self, name, subspace):  # the identity off its planes from the start
                 pass
         self.set_trainable(name)
+        self._own_extra(name, extra_names, loaded=False)
         if activate:
             self.set_active(name)
 
@@ -125,12 +159,14 @@ class RoadModel(nn.Module):
         trainable: bool = False,
     ) -> str:
         """Put a stored adapter on this model: a folder (ours in any format version, or
-        PEFT's RoAd) or an in-memory `AdapterFile`, on exactly its sites and placement.
+        PEFT's RoAd) or an in-memory `AdapterFile`, on exactly its sites and placement, and
+        copy its extra weights (a classifier's head) into the model.
 
         ``name`` defaults to the folder's name (required for an `AdapterFile`). Everything is
         checked before the model changes (`road_interp.io.validate`: shapes, pairing,
-        finiteness; then `check_fits`), and a failure while attaching takes the adapter out
-        again. The loaded adapter is frozen unless ``trainable``. Returns the name.
+        finiteness; then `check_fits`, extra weights' names and shapes included), and a
+        failure while attaching takes the adapter out again. The loaded adapter is frozen
+        unless ``trainable``. Returns the name.
         """
         if isinstance(source, AdapterFile):
             if name is None:
@@ -142,6 +178,7 @@ class RoadModel(nn.Module):
         self._check_new_name(name)
         validate(adapter, where)
         self.check_fits(adapter, where)
+        self.check_extra(adapter, where)
         config = replace(adapter.config, targets=tuple(adapter.params))
         before = set(self.sites)
         try:
@@ -156,6 +193,7 @@ class RoadModel(nn.Module):
                 self.delete_adapter(name)
             self.remove_sites(p for p in set(self.sites) - before)
             raise
+        self.copy_extra(adapter, name)
         if trainable:
             self.set_trainable(*self.trainable_adapters(), name)
         else:
@@ -166,7 +204,9 @@ class RoadModel(nn.Module):
         return name
 
     def adapter_file(self, name: str) -> AdapterFile:
-        """Adapter ``name`` as an `AdapterFile` (detached copies of θ, α)."""
+        """Adapter ``name`` as an `AdapterFile` (detached copies of θ, α and of its extra
+        weights). Raises ValueError if another adapter has since loaded its own values into
+        those extra weights."""
         params = {
             path: (
                 site.adapter(name).theta.detach().clone(),
@@ -174,7 +214,72 @@ class RoadModel(nn.Module):
             )
             for path, site in self.sites_of(name).items()
         }
-        return AdapterFile(self.configs[name], self.base_model_identity, params)
+        model_params = dict(self.model.named_parameters())
+        extra = {}
+        for n in self.extras.get(name, ()):
+            holder = self._extra_holder.get(n)
+            if holder is not None and holder != name:
+                raise ValueError(
+                    f"{n} now holds the values of adapter {holder!r}, not of {name!r} (loaded "
+                    f"after it); save {name!r} before loading another adapter with its own "
+                    f"{n}, or load {name!r} again"
+                )
+            extra[n] = model_params[n].detach().clone()
+        return AdapterFile(self.configs[name], self.base_model_identity, params, extra)
+
+    def copy_extra(self, adapter: AdapterFile, name: str | None = None) -> None:
+        """Copy ``adapter``'s extra weights into the wrapped model, all checked first (names
+        and shapes). With ``name`` (an adapter of this model), they become that adapter's."""
+        self.check_extra(adapter, f"adapter {name!r}" if name else "adapter")
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, value in adapter.extra.items():
+                params[n].copy_(value)
+        if name is not None:
+            self._own_extra(name, tuple(adapter.extra), loaded=True)
+        else:
+            for n in adapter.extra:
+                self._extra_holder.pop(n, None)
+
+    def check_extra(self, adapter: AdapterFile, where: str = "adapter") -> None:
+        """Raise ValueError unless this model has every extra weight of ``adapter`` with
+        the same shape."""
+        params = dict(self.model.named_parameters())
+        for n, value in adapter.extra.items():
+            if n not in params:
+                known = sorted(head_parameters(self.model)) or "no head"
+                raise ValueError(
+                    f"{where} carries {n}, which this {type(self.model).__name__} does not have "
+                    f"(its head: {known}); load it into the kind of model it was trained on "
+                    "(an encoder's adapter into a sequence classifier)"
+                )
+            if value.shape != params[n].shape:
+                raise ValueError(
+                    f"{where}: {n} has shape {tuple(value.shape)}, this model's "
+                    f"{tuple(params[n].shape)}; was it trained with another number of labels?"
+                )
+
+    def _extra_names(self, extra: Sequence[str] | None) -> tuple[str, ...]:
+        """Parameter names of ``extra`` (parameter or module names; None: the head)."""
+        if extra is None:
+            return tuple(head_parameters(self.model))
+        params = dict(self.model.named_parameters())
+        names: list[str] = []
+        for item in extra:
+            inside = [n for n in params if n.startswith(f"{item}.")]
+            if item not in params and not inside:
+                raise ValueError(f"extra={item!r}: the model has no such parameter or module")
+            names += [item] if item in params else inside
+        return tuple(names)
+
+    def _own_extra(self, name: str, names: tuple[str, ...], *, loaded: bool) -> None:
+        """Adapter ``name`` claims these weights. Adapters added here share what the model
+        holds; values ``loaded`` from a file make them that adapter's alone (the holder),
+        and a later claim takes over from a holder."""
+        self.extras[name] = names
+        for n in names:
+            if loaded or n in self._extra_holder:
+                self._extra_holder[n] = name
 
     def save_adapter(
         self, name: str, path: str | Path, *, peft: bool = False, overwrite: bool = False
@@ -186,6 +291,64 @@ class RoadModel(nn.Module):
         write = write_peft if peft else write_adapter
         return write(adapter, path, overwrite=overwrite)
 
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        *,
+        adapter: str | None = None,
+        peft: bool = False,
+        overwrite: bool = False,
+    ) -> Path:
+        """Hugging Face's spelling of `save_adapter`: write ``adapter`` (default: the one
+        adapter this model has, or the one active) with its extra weights to ``folder``."""
+        if adapter is None:
+            candidates = list(self.configs) if len(self.configs) == 1 else list(self.active)
+            if len(candidates) != 1:
+                raise ValueError(
+                    f"this model has adapters {list(self.configs)} (active: {list(self.active)}); "
+                    "say which to save with adapter="
+                )
+            adapter = candidates[0]
+        return self.save_adapter(adapter, folder, peft=peft, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path | AdapterFile,
+        base: nn.Module | str | None = None,
+        *,
+        name: str | None = None,
+        trainable: bool = False,
+    ) -> RoadModel:
+        """Hugging Face's spelling of `load_adapter` on a fresh model: the base model with
+        the adapter in ``source`` (a folder, ours or PEFT's, or an `AdapterFile`) loaded,
+        active, and its extra weights (head) in place.
+
+        ``base``: a model to wrap, or a name for `road_interp.models.load_model`; default:
+        the model the adapter records (``base_model.name_or_path``), as a sequence classifier
+        with as many labels as its head has when its architecture is one, else as a causal LM.
+        """
+        from .models import load_model
+
+        adapter = source if isinstance(source, AdapterFile) else read_adapter(source)
+        if isinstance(base, nn.Module):
+            model = cls(base)
+        else:
+            base_name = base or adapter.base_model.get("name_or_path")
+            if not base_name:
+                raise ValueError("the adapter records no base model; pass base=")
+            architecture = adapter.base_model.get("architecture") or ""
+            if architecture.endswith("ForSequenceClassification"):
+                head = [v for n, v in adapter.extra.items() if n.rpartition(".")[0] in HEAD_MODULES]
+                labels = head[0].shape[0] if head else 2
+                model = cls(load_model(base_name, task="classification", num_labels=labels))
+            else:
+                model = cls(load_model(base_name))
+        if name is None:
+            name = Path(source).name if not isinstance(source, AdapterFile) else "default"
+        model.load_adapter(adapter, name, trainable=trainable)
+        return model
+
     def delete_adapter(self, name: str) -> None:
         self._check_names([name])
         if name in self.active:
@@ -194,6 +357,8 @@ class RoadModel(nn.Module):
             if name in site.adapters:
                 del site.adapters[name]
         del self.configs[name]
+        self.extras.pop(name, None)
+        self._extra_holder = {n: a for n, a in self._extra_holder.items() if a != name}
 
     def set_active(self, *names: str) -> None:
         """Activate these adapters (applied in this order at every site that has them)."""
@@ -405,6 +570,8 @@ class RoadModel(nn.Module):
         for n, p in self.model.named_parameters():
             p.requires_grad_(self._base_requires_grad.get(n, p.requires_grad))
         self.configs.clear()
+        self.extras.clear()
+        self._extra_holder.clear()
         self.active = ()
         return self.model
 
@@ -449,6 +616,26 @@ class RoadModel(nn.Module):
         table["percent_of_base"] = 100.0 * table["params"] / base
         table.attrs["base_params"] = base
         return table
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside DDP, `RoadModel` and PEFT wrappers."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        inner = getattr(model, "module", None)  # DDP
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        get_base = getattr(model, "get_base_model", None)  # PEFT
+        if callable(get_base):
+            model = get_base()
+            continue
+        if isinstance(model, RoadModel):
+            model = model.model
+            continue
+        break
+    return model
 
 
 def road_model_in(model: nn.Module) -> RoadModel | None:

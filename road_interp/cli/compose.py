@@ -56,6 +56,20 @@ def add_parser(sub) -> None:
         help="restrict each input (one spec, or one per input) to a subspace: all, half:K, "
         "part:K/N, range:START:STOP, random:FRACTION:SEED or groups:I,J,...",
     )
+    extra = p.add_mutually_exclusive_group()
+    extra.add_argument(
+        "--keep-extra",
+        type=int,
+        metavar="N",
+        help="where inputs carry different extra weights (each its own classifier head), keep "
+        "input N's (1-based); without this or --drop-extra that is an error",
+    )
+    extra.add_argument(
+        "--drop-extra",
+        action="store_true",
+        help="write no extra weights (heads): give each task its head when evaluating "
+        "(road-interp evaluate --head RUN/best)",
+    )
     p.add_argument(
         "--format",
         choices=["road", "peft"],
@@ -76,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             restrictions=args.restrict,
             peft=args.format == "peft",
             overwrite=args.overwrite,
+            keep_extra=args.keep_extra - 1 if args.keep_extra is not None else None,
+            drop_extra=args.drop_extra,
         )
     except OverlapError as err:
         print(err.report.to_string(index=False))

@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
         help="score a model, with or without a trained adapter, on a task split",
         description="Evaluate with the task's metric: encoder classification accuracy, causal-LM "
         "multiple choice by log-likelihood of each choice, or exact match of greedy answers. "
-        "--adapter takes the best/ or final/ folder of `road-interp train` (a RoAd adapter, "
-        "with head.safetensors for encoders, or trainable.safetensors of full finetuning), or "
+        "--adapter takes the best/ or final/ folder of `road-interp train` (a RoAd adapter "
+        "carrying an encoder's trained head, or trainable.safetensors of full finetuning), or "
         "any RoAd adapter folder (ours or PEFT's). Without it, the base model is scored "
         "(zero-shot; causal LMs only, since an encoder's head would be untrained).",
     )
@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--adapter", help="trained adapter folder (see above)")
     p.add_argument(
         "--head",
-        help="encoders: the folder whose head.safetensors to use (default: --adapter's); for a "
-        "composed adapter, the best/ folder of the run that trained this task's skill",
+        help="encoders: the adapter folder whose head to use (default: the one --adapter "
+        "carries); for a composed adapter without heads, the best/ folder of the run that "
+        "trained this task's skill",
     )
     p.add_argument(
         "--split",
@@ -41,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--max-length", type=int, default=256, help="tokens per example at most (default: 256)"
     )
-    p.add_argument("--json", help="also write the result to this JSON file")
+    p.add_argument("-o", "--output", help="also write the result to this JSON file")
     p.set_defaults(func=run)
 
 
@@ -61,16 +62,15 @@ def run(args: argparse.Namespace) -> int:
             load_trainable(model, folder / "trainable.safetensors")
         else:
             model = RoadModel(model)
-            model.load_adapter(folder)
-            if is_encoder:
-                head = Path(args.head) if args.head else folder
-                if not (head / "head.safetensors").exists():
-                    raise FileNotFoundError(
-                        f"{head} has no head.safetensors; an encoder needs the head trained "
-                        "for this task (a best/ or final/ folder of `road-interp train`; for a "
-                        "composed adapter pass --head with the folder of this task's run)"
-                    )
-                load_head(model, head)
+            name = model.load_adapter(folder)  # with the head it carries
+            if args.head:
+                load_head(model, args.head)
+            elif is_encoder and not model.extras[name]:
+                raise FileNotFoundError(
+                    f"{folder} carries no classifier head; an encoder needs the head trained "
+                    "for this task (a best/ or final/ folder of `road-interp train`; for a "
+                    "composed adapter pass --head with the best/ folder of this task's run)"
+                )
     elif is_encoder:
         raise ValueError(
             "an encoder without a trained head has no meaningful answer; pass --adapter"
@@ -86,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
     )
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    if args.output:
+        Path(args.output).write_text(text + "\n")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import EMBEDDED, cache_dir, fetch_model
+from ..models import EMBEDDED, cache_dir, fetch_model, place_in_hf_cache
 
 
 def add_parser(sub) -> None:
@@ -38,6 +38,15 @@ def add_parser(sub) -> None:
         default=True,
         help="with --data, also generate the reasoning-gym pools (needs the [data] extra)",
     )
+    p.add_argument(
+        "--hf-cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also place the models in the Hugging Face hub cache under their upstream ids "
+        "(sentence-transformers/all-MiniLM-L6-v2, HuggingFaceTB/SmolLM2-135M-Instruct; links, "
+        "no copy), so from_pretrained(id) and PEFT's AutoPeftModel load them offline "
+        "(default: yes)",
+    )
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.set_defaults(func=run)
 
@@ -46,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for name in args.models:
         path = fetch_model(name, force=args.force)
         print(f"{name}: {path}")
+        if args.hf_cache:
+            print(f"{name}: {place_in_hf_cache(name)} ({EMBEDDED[name].hub_id})")
     if args.data:
         from ..tasks import fetch_data
 
