@@ -434,6 +434,8 @@ def model_card(adapter: AdapterFile, meta: dict[str, Any]) -> str:
     }
     loader = auto.get(meta["task_type"] or "", "AutoPeftModel")
     n = sum(t.numel() + a.numel() for t, a in adapter.params.values())
+    heads = [v for k, v in adapter.extra.items() if k.endswith(".weight") and v.dim() == 2]
+    labels = f", num_labels={heads[0].shape[0]}" if meta["task_type"] == "SEQ_CLS" and heads else ""
     lines = [
         "---",
         "library_name: peft",
@@ -454,7 +456,7 @@ def model_card(adapter: AdapterFile, meta: dict[str, Any]) -> str:
         "```python",
         f"from peft import {loader}",
         "",
-        f'model = {loader}.from_pretrained("path/to/this/folder")',
+        f'model = {loader}.from_pretrained("path/to/this/folder"{labels})',
         "```",
     ]
     note = card_note(adapter.base_model.get("name_or_path"))
