@@ -1,4 +1,5 @@
-"""Time per optimizer step: our RoAd vs PEFT's RoAd vs PEFT's LoRA, side by side in one run.
+"""Time per optimizer step: our RoAd vs PEFT's RoAd vs PEFT's LoRA vs the frozen base model,
+side by side in one run.
 
 For each embedded model (MiniLM as a 2-label classifier, SmolLM2-135M as a causal LM) three
 copies are built with the same targets (the per-architecture defaults of
@@ -7,10 +8,17 @@ LoRA (r = 8, alpha 16). One step is forward + backward + AdamW step on the same 
 task sentences (MultiEmo-en), padded/truncated to ``--seq`` tokens. The methods are timed in
 turn, round after round, so machine load hits them alike; the median over rounds is reported.
 
+The **frozen base** is the limit a RoAd step is held to (DESIGN §5: within 10%): the base
+model with every weight frozen, run forward and backward on the same batch with the gradient
+flowing back through every layer to the embeddings' output (``enable_input_require_grads``),
+so it pays for the activations' backward that any adapter in the first block needs, and for
+no weight gradient and no optimizer step. ``road_vs_frozen_base_step_time`` is each method's
+step time over it.
+
     python -m experiments.bench_train_step --json experiments/results/bench_train_step.json
 
-The summary's ratios are ours / PEFT's (below 1: ours is faster); over models, the worst
-(largest) ratio is reported alongside each model's.
+The summary's ratios are ours / PEFT's (below 1: ours is faster) and each method / the frozen
+base; over models, the worst (largest) ratio is reported alongside each model's.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from road_interp.injection import resolve_targets
 from road_interp.model import RoadModel
 from road_interp.tasks import get_task
 
-METHODS = ("road (ours)", "road (peft)", "lora r=8 (peft)")
+FROZEN = "frozen base"
+METHODS = ("road (ours)", "road (peft)", "lora r=8 (peft)", FROZEN)
 
 
 def build(base: torch.nn.Module, method: str) -> torch.nn.Module:
@@ -42,6 +51,11 @@ def build(base: torch.nn.Module, method: str) -> torch.nn.Module:
     from peft import RoadConfig as PeftRoadConfig
 
     model = copy.deepcopy(base)
+    if method == FROZEN:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.enable_input_require_grads()  # backward runs through every block
+        return model
     targets = resolve_targets(model, RoadConfig())
     if method == "road (ours)":
         road = RoadModel(model)
@@ -62,7 +76,7 @@ def make_batch(name: str, batch: int, seq: int) -> dict[str, torch.Tensor]:
 
 def step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], causal: bool):
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0) if params else None
     labels = torch.arange(batch["input_ids"].shape[0]) % 2
     model.train()
 
@@ -77,8 +91,9 @@ def step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], causal: bool
         else:
             loss = F.cross_entropy(out.logits, labels)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:  # the frozen base has no weight to update
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
     return step, sum(p.numel() for p in params)
@@ -131,11 +146,16 @@ def main() -> None:
         {
             "road_vs_peft_road": median["road (ours)"] / median["road (peft)"],
             "road_vs_peft_lora": median["road (ours)"] / median["lora r=8 (peft)"],
+            "road_vs_frozen_base": median["road (ours)"] / median[FROZEN],
+            "peft_road_vs_frozen_base": median["road (peft)"] / median[FROZEN],
+            "peft_lora_vs_frozen_base": median["lora r=8 (peft)"] / median[FROZEN],
         }
     )
     summary = {
         "road_vs_peft_road_step_time": float(ratios["road_vs_peft_road"].max()),
         "road_vs_peft_lora_step_time": float(ratios["road_vs_peft_lora"].max()),
+        "road_vs_frozen_base_step_time": float(ratios["road_vs_frozen_base"].max()),
+        "road_vs_frozen_base_limit": 1.10,
         **{
             f"road_vs_peft_road_step_time_{m}": float(v)
             for m, v in ratios["road_vs_peft_road"].items()
@@ -144,6 +164,15 @@ def main() -> None:
             f"road_vs_peft_lora_step_time_{m}": float(v)
             for m, v in ratios["road_vs_peft_lora"].items()
         },
+        **{
+            f"{column}_step_time_{m}": float(v)
+            for column in (
+                "road_vs_frozen_base",
+                "peft_road_vs_frozen_base",
+                "peft_lora_vs_frozen_base",
+            )
+            for m, v in ratios[column].items()
+        },
     }
     info["load_average_at_end"] = load_average()
     print(f"\nmachine: {info}")
@@ -151,7 +180,7 @@ def main() -> None:
         f"batch {args.batch} x {args.seq} tokens, {args.rounds} timed rounds, median seconds per step:"
     )
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    print("\nratios (ours / PEFT; < 1 means ours is faster):")
+    print("\nratios (ours / PEFT: < 1 means ours is faster; method / frozen base: limit 1.10):")
     print(ratios.to_string(float_format=lambda x: f"{x:.3f}"))
     print(json.dumps(summary, indent=2))
     if args.json:

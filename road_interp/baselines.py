@@ -193,9 +193,15 @@ def run(
     *,
     test_limit: int | None = None,
     resume: bool = True,
+    detail: bool = False,
 ) -> dict[str, Any]:
     """Build the model, train it (unless zero-shot), evaluate the final model on the test
-    split, and return one results row."""
+    split, and return one results row.
+
+    With ``detail``, the row also holds the final model's validation score (``validation``,
+    ``validation_majority``, ``n_validation``: the first ``config.eval_limit`` validation
+    examples, what a learning-rate sweep selects on) and the test split's per-example
+    ``test_predictions`` and ``test_correct`` (0/1), so intervals can be recomputed."""
     from .tasks import get_task
 
     task = get_task(spec.task)
@@ -214,10 +220,22 @@ def run(
     counts = parameter_counts(model)
     started = time.perf_counter()
     steps = 0
+    validation = None
     if spec.method != "zero_shot":
         result = train(model, tokenizer, task, config, output_dir, resume=resume)
-        steps = result.steps
+        steps, validation = result.steps, result.final_eval
     seconds = time.perf_counter() - started
+    if detail and validation is None:  # zero-shot, or a run that had finished before
+        validation = evaluate(
+            model,
+            tokenizer,
+            task,
+            "validation",
+            config.eval_limit,
+            batch_size=config.eval_batch_size,
+            max_length=config.max_length,
+            progress=False,
+        )
     test = evaluate(
         model,
         tokenizer,
@@ -227,8 +245,9 @@ def run(
         batch_size=config.eval_batch_size,
         max_length=config.max_length,
         progress=config.progress,
+        predictions=detail,
     )
-    return {
+    row = {
         "model": spec.model,
         "task": spec.task,
         "method": spec.method,
@@ -244,3 +263,9 @@ def run(
         "n_test": test["n"],
         "train_seconds": round(seconds, 1),
     }
+    if detail and validation is not None:
+        row["validation"] = validation["value"]
+        row["validation_majority"] = validation.get("majority")
+        row["n_validation"] = validation["n"]
+        row["test_predictions"], row["test_correct"] = test["predictions"], test["correct"]
+    return row
