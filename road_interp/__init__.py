@@ -6,6 +6,8 @@ point, `road_interp.rotation` holds the math, and the submodules (`subspaces`, `
 `analysis`, `pyvene_view`, `bank`, `tasks`, ...) hold the rest.
 """
 
+import logging as _logging
+
 from . import rotation
 from .bank import AdapterBank
 from .compose import invert, overlap_report, product, restrict, scale, union
@@ -44,3 +46,7 @@ __all__ = [
     "write_peft",
 ]
 __version__ = "0.1.0"
+
+# the library logs (a training run's evaluations, fetch's repairs) but prints nothing unless
+# the application configures logging; the CLI does (road_interp.cli.configure_logging)
+_logging.getLogger("road_interp").addHandler(_logging.NullHandler())

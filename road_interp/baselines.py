@@ -19,6 +19,7 @@ parameters, RoAd1 d / 2 + d / 2 = d, so no LoRA is as small as RoAd1: on MiniLM 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoints import restore_trained
 from .config import RoadConfig
 from .encoding import model_kind, unwrap
 from .evaluation import evaluate
@@ -34,7 +36,9 @@ from .injection import resolve_targets
 from .model import RoadModel
 from .models import EMBEDDED, load_model, load_tokenizer
 from .rotation import num_params
-from .training import TrainConfig, _coerce, check_keys, head_parameters, train
+from .training import TrainConfig, TrainResult, _coerce, check_keys, head_parameters, train
+
+logger = logging.getLogger(__name__)
 
 ROAD_METHODS = ("road_1", "road_2", "road_4")
 METHODS = (*ROAD_METHODS, "lora", "lora_matched", "full", "zero_shot")
@@ -51,7 +55,15 @@ class RunSpec:
         metadata={"help": "embedded model (minilm, smollm2), Hugging Face id or local folder"},
     )
     task: str = field(default="multiemo_en", metadata={"help": "registered task name"})
-    method: str = field(default="road_1", metadata={"help": f"one of {', '.join(METHODS)}"})
+    method: str = field(
+        default="road_1",
+        metadata={
+            "help": "road_1/2/4: RoAd of that variant; lora: PEFT LoRA of rank lora_r; "
+            "lora_matched: LoRA with RoAd1's parameter count; full: every weight; zero_shot: "
+            "the base model as it is",
+            "choices": METHODS,
+        },
+    )
     group_size: int = field(
         default=64, metadata={"help": "RoAd pairing group size (64: PEFT's and vLLM's layout)"}
     )
@@ -185,6 +197,21 @@ def _is_encoder(name: str) -> bool:
 
 # ----------------------------------------------------------------------------- one run
 
+TEST_CHECKPOINTS = ("best", "final")
+
+
+def use_checkpoint(model: nn.Module, result: TrainResult, which: str) -> tuple[str, int]:
+    """Give ``model`` the parameters of checkpoint ``which`` of its finished run (``best``:
+    restored from ``best/`` unless the final step was the best). Returns what it now holds
+    and that checkpoint's step: ("best", step), or ("final", steps) when asked for it or
+    when nothing was evaluated."""
+    if which == "final" or result.best_step is None:
+        return "final", result.steps
+    if result.best_step != result.steps:
+        restore_trained(model, result.best_dir)
+        logger.info("testing the best checkpoint (step %d of %d)", result.best_step, result.steps)
+    return "best", result.best_step
+
 
 def run(
     spec: RunSpec,
@@ -193,10 +220,15 @@ def run(
     *,
     test_limit: int | None = None,
     resume: bool = True,
+    test_checkpoint: str = "best",
     detail: bool = False,
 ) -> dict[str, Any]:
-    """Build the model, train it (unless zero-shot), evaluate the final model on the test
-    split, and return one results row.
+    """Build the model, train it (unless zero-shot), evaluate a checkpoint on the test split,
+    and return one results row.
+
+    ``test_checkpoint``: ``"best"`` (default) tests the parameters of the best validation
+    score (the run's ``best/``), ``"final"`` the model as training left it; the row says which
+    was tested (``tested``: best, final or base; ``tested_step``).
 
     With ``detail``, the row also holds the final model's validation score (``validation``,
     ``validation_majority``, ``n_validation``: the first ``config.eval_limit`` validation
@@ -204,6 +236,10 @@ def run(
     ``test_predictions`` and ``test_correct`` (0/1), so intervals can be recomputed."""
     from .tasks import get_task
 
+    if test_checkpoint not in TEST_CHECKPOINTS:
+        raise ValueError(
+            f"test_checkpoint must be one of {TEST_CHECKPOINTS}, not {test_checkpoint!r}"
+        )
     task = get_task(spec.task)
     num_labels = max(2, len(task.labels))
     torch.manual_seed(config.seed)
@@ -225,6 +261,9 @@ def run(
         result = train(model, tokenizer, task, config, output_dir, resume=resume)
         steps, validation = result.steps, result.final_eval
     seconds = time.perf_counter() - started
+    tested, tested_step = "base", None
+    if spec.method != "zero_shot":
+        tested, tested_step = use_checkpoint(model, result, test_checkpoint)
     if detail and validation is None:  # zero-shot, or a run that had finished before
         validation = evaluate(
             model,
@@ -256,6 +295,8 @@ def run(
         "trainable_pct": 100.0 * counts["trainable"] / counts["base"],
         "head_params": counts["head"],
         "steps": steps,
+        "tested": tested,
+        "tested_step": tested_step,
         "lr": config.lr if spec.method != "zero_shot" else None,
         "metric": test["metric"],
         "test": test["value"],

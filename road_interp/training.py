@@ -34,6 +34,7 @@ an uninterrupted run would. A NaN or inf loss (or gradient) stops the run with
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import signal
@@ -107,6 +108,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16")
+logger = logging.getLogger(__name__)
 
 
 def _opt(help_text: str) -> Any:
@@ -119,7 +121,10 @@ class TrainConfig:
 
     lr: float = field(
         default=3e-3,
-        metadata={"help": "peak learning rate (RoAd: ~3e-3, about 10x LoRA's; full FT ~5e-5)"},
+        metadata={
+            "help": "peak learning rate. RoAd on Linear sites: 3e-3 to 1e-2 (about 10x LoRA's); "
+            "on a block's output (positions): ~3e-2; full finetuning ~5e-5"
+        },
     )
     head_lr: float | None = _opt(
         "learning rate of an encoder's classification head (None: lr); a fresh head on frozen "
@@ -143,7 +148,7 @@ class TrainConfig:
     )
     max_length: int = field(default=128, metadata={"help": "tokens per example at most"})
     precision: str = field(
-        default="fp32", metadata={"help": f"compute precision, one of {PRECISIONS}"}
+        default="fp32", metadata={"help": "compute precision", "choices": PRECISIONS}
     )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward (less memory)"}
@@ -262,7 +267,8 @@ class TrainingDiverged(FloatingPointError):
 class TrainResult:
     """What a run produced: final and best evaluation, and where the files are."""
 
-    output_dir: Path
+    output_dir: Path | None
+    """The run folder, or None for a run that wrote no files."""
     steps: int
     final_eval: dict[str, Any] | None
     best_eval: dict[str, Any] | None
@@ -273,11 +279,18 @@ class TrainResult:
 
     @property
     def best_dir(self) -> Path:
-        return self.output_dir / "best"
+        return self._folder() / "best"
 
     @property
     def final_dir(self) -> Path:
-        return self.output_dir / "final"
+        return self._folder() / "final"
+
+    def _folder(self) -> Path:
+        if self.output_dir is None:
+            raise ValueError(
+                "this run wrote no files (output_dir=None); the model holds the final parameters"
+            )
+        return self.output_dir
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -295,7 +308,7 @@ def train(
     tokenizer: Any,
     data: Task | Sequence[Example],
     config: TrainConfig,
-    output_dir: str | Path,
+    output_dir: str | Path | None,
     *,
     eval_data: Task | Sequence[Example] | None = None,
     forward_context: ForwardContext | None = None,
@@ -317,11 +330,21 @@ def train(
 
     ``output_dir`` is locked while this runs (`road_interp.checkpoints.run_folder`). Ctrl-C
     in a single process lets the step in progress finish, writes the checkpoint and raises
-    KeyboardInterrupt; run again to resume.
+    KeyboardInterrupt; run again to resume. With ``output_dir=None`` nothing is written (no
+    checkpoint, no best/ or final/, no metrics file): the model ends with its final
+    parameters, and the result still reports the best evaluation and its step.
+
+    Each evaluation is logged as it happens on the ``road_interp`` logger (step, metric, best
+    so far; ``logging.basicConfig(level="INFO")`` shows it; the CLI does by default).
+
+    **Learning rates by site type** (RoAd): Linear sites (the default targets) learn at
+    3e-3 to 1e-2; sites on a block's output (``RoadConfig(positions=...)``) needed ~3e-2 to
+    teach a skill where 3e-3 to 1e-2 did not; an encoder's fresh head ~1e-2 (``head_lr``).
     """
-    out = Path(output_dir)
+    out = Path(output_dir) if output_dir is not None else None
     main = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`
-    with run_folder(out, main=main), _DeferredInterrupt() as interrupt:
+    folder = run_folder(out, main=main) if out is not None else nullcontext()
+    with folder, _DeferredInterrupt() as interrupt:
         return _train(
             model, tokenizer, data, eval_data, config, out, resume, interrupt,
             forward_context, on_step_end,
@@ -334,7 +357,7 @@ def _train(
     data: Task | Sequence[Example],
     eval_data: Task | Sequence[Example] | None,
     config: TrainConfig,
-    out: Path,
+    out: Path | None,
     resume: bool,
     interrupt: _DeferredInterrupt,
     forward_context: ForwardContext | None,
@@ -356,8 +379,9 @@ def _train(
         for step in range(run.start, run.total):
             record = _step(run, step, forward_context)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
             _after_step(run, record)
+            best = f"{run.best['eval']['value']:.4f}" if run.best else "-"
+            bar.set_postfix(loss=f"{record['loss']:.4f}", best=best)
             if on_step_end is not None:
                 on_step_end(record["step"], record)
     bar.close()
@@ -370,7 +394,8 @@ class _Run:
     """A run between steps: what `_prepare` built and what the steps have produced so far."""
 
     config: TrainConfig
-    out: Path
+    out: Path | None
+    """The run folder; None: write nothing."""
     model: nn.Module
     """The model as given: evaluated and saved."""
     ddp_model: nn.Module
@@ -438,7 +463,7 @@ def _prepare(
     data: Task | Sequence[Example],
     eval_data: Task | Sequence[Example] | None,
     config: TrainConfig,
-    out: Path,
+    out: Path | None,
     resume: bool,
 ) -> _Run:
     """Everything before the first step: example sets, accelerator, trainable parameters,
@@ -450,8 +475,7 @@ def _prepare(
     accelerator = _accelerator(config.precision)
     steps_per_epoch = _steps_per_epoch(config, len(train_set), accelerator.num_processes)
     total = config.max_steps or steps_per_epoch * config.epochs
-    checkpoint = out / CHECKPOINT
-    if checkpoint.exists() and not resume:
+    if out is not None and (out / CHECKPOINT).exists() and not resume:
         raise ValueError(f"{out} already holds a run; resume it or choose another output_dir")
 
     torch.manual_seed(config.seed)
@@ -465,7 +489,11 @@ def _prepare(
 
     data_identity = {"name": train_set.name, "examples": len(train_set)}
     identity = run_identity(model, config, named, data_identity)
-    start, best = _resume_or_start(out, config, named, optimizer, scheduler, accelerator, identity)
+    start, best = 0, None
+    if out is not None:
+        start, best = _resume_or_start(
+            out, config, named, optimizer, scheduler, accelerator, identity
+        )
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.wait_for_everyone()
     return _Run(
@@ -541,7 +569,7 @@ def _after_step(run: _Run, record: dict[str, Any]) -> None:
     last = done == run.total
     if done % config.log_every == 0 or last:
         run.history.append(record)
-        if run.accelerator.is_main_process:
+        if run.accelerator.is_main_process and run.out is not None:
             append_metrics(run.out, record)
     evaluate_now = last or (config.eval_every and done % config.eval_every == 0)
     if evaluate_now:
@@ -552,7 +580,7 @@ def _after_step(run: _Run, record: dict[str, Any]) -> None:
         or (evaluate_now and not config.save_every)
     )
     stop = run.interrupt is not None and run.interrupt.requested
-    if save_now or stop:
+    if (save_now or stop) and run.out is not None:
         save_checkpoint(
             run.out / CHECKPOINT,
             step=done,
@@ -564,16 +592,18 @@ def _after_step(run: _Run, record: dict[str, Any]) -> None:
             accelerator=run.accelerator,
         )
     if stop:
-        raise KeyboardInterrupt(
-            f"training stopped after step {done} of {run.total}; its checkpoint is in "
-            f"{run.out / CHECKPOINT}: run the same command again to resume"
+        kept = (
+            f"its checkpoint is in {run.out / CHECKPOINT}: run the same command again to resume"
+            if run.out is not None
+            else "nothing was written (output_dir=None)"
         )
+        raise KeyboardInterrupt(f"training stopped after step {done} of {run.total}; {kept}")
 
 
 def _finish(run: _Run) -> TrainResult:
     """Write ``final/`` (and ``best/`` when nothing was evaluated) unless the run had already
     ended; the result."""
-    if run.accelerator.is_main_process and run.start < run.total:
+    if run.accelerator.is_main_process and run.start < run.total and run.out is not None:
         save_trained(run.model, run.out / "final")
         if run.best is None:  # no evaluation data: the final parameters are the best we know
             save_trained(run.model, run.out / "best")
@@ -770,12 +800,12 @@ def _clip(accelerator: Any, params: list[nn.Parameter], max_norm: float) -> floa
 
 
 def _diverged_message(
-    step: int, loss: float, grad_norm: float, config: TrainConfig, out: Path
+    step: int, loss: float, grad_norm: float, config: TrainConfig, out: Path | None
 ) -> str:
-    kept_step = checkpoint_step(out / CHECKPOINT)
+    kept_step = checkpoint_step(out / CHECKPOINT) if out is not None else None
     kept = (
         f"the last good checkpoint (step {kept_step}) is kept in {out / CHECKPOINT}"
-        if kept_step is not None
+        if kept_step is not None and out is not None
         else "no checkpoint had been written yet"
     )
     return (
@@ -801,10 +831,17 @@ def _evaluate_and_keep(run: _Run, step: int) -> tuple[dict[str, Any] | None, dic
                 max_length=config.max_length,
                 progress=config.progress,
             )
-        append_metrics(run.out, {"step": step, "eval": result})
+        if run.out is not None:
+            append_metrics(run.out, {"step": step, "eval": result})
         if best is None or result["value"] > best["eval"]["value"]:
             best = {"step": step, "eval": result}
-            save_trained(run.model, run.out / "best")
+            if run.out is not None:
+                save_trained(run.model, run.out / "best")
+        logger.info(
+            "step %d/%d: validation %s %.4f, best %.4f (step %d)",
+            step, run.total, result["metric"], result["value"], best["eval"]["value"],
+            best["step"],
+        )  # fmt: skip
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list

@@ -37,8 +37,15 @@ def add_settings(parser: argparse.ArgumentParser, *classes: type) -> None:
                 )
                 continue
             kind = next(k for k in allowed if k is not type(None))
+            choices = f.metadata.get("choices")  # an enumeration: argparse lists and checks it
             group.add_argument(
-                flag, dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(), help=text
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=choices,
+                metavar=None if choices else kind.__name__.upper(),
+                help=text,
             )
 
 
@@ -74,7 +81,10 @@ def add_parser(sub) -> None:
         "one Accelerate loop: AdamW, linear schedule with warm-up, periodic evaluation, best "
         "checkpoint kept, metrics in OUTPUT/metrics.jsonl. Run it again with the same OUTPUT to "
         "resume. Launch with `accelerate launch -m road_interp.cli train ...` for several "
-        "processes. Without --lr, each method's default applies (RoAd 3e-3, LoRA 3e-4, full 5e-5).",
+        "processes. Without --lr, each method's default applies (RoAd 3e-3, LoRA 3e-4, full 5e-5); "
+        "RoAd on Linear sites learns at 3e-3 to 1e-2, on a block's output at ~3e-2. Each "
+        "evaluation prints a line (step, metric, best so far; --quiet silences it), and the "
+        "test split scores the best checkpoint unless --test-checkpoint final.",
     )
     p.add_argument("--output", "-o", required=True, help="run folder (created, or resumed)")
     p.add_argument(
@@ -82,6 +92,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--test-limit", type=int, default=None, help="evaluate on at most N test examples (all)"
+    )
+    p.add_argument(
+        "--test-checkpoint",
+        choices=["best", "final"],
+        default="best",
+        help="which parameters the test split scores: best (the best validation score's, "
+        "kept in OUTPUT/best; default) or final; the result says which (tested, tested_step)",
     )
     p.add_argument(
         "--no-resume",
@@ -109,7 +126,14 @@ def run(args: argparse.Namespace) -> int:
     settings = non_default_settings(spec, config)
     _check_same_run(out / "run.json", settings, RESUME_NEUTRAL)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`
-    row = run_method(spec, config, out, test_limit=args.test_limit, resume=not args.no_resume)
+    row = run_method(
+        spec,
+        config,
+        out,
+        test_limit=args.test_limit,
+        resume=not args.no_resume,
+        test_checkpoint=args.test_checkpoint,
+    )
     if main_process:  # the run was valid and is done: its settings as a config file
         _write(out / "run.json", settings)
         _write(out / "test_result.json", row)
