@@ -106,7 +106,7 @@ class BenchConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         seeds=(0,),
-        methods=("halves", "energy", "ties"),
+        methods=("halves", "ties"),
         steps=60,
         train_examples=960,
         val_examples=200,
