@@ -237,7 +237,7 @@ class PairRun:
         if method == "ties":
             return self.score_composed(ties(skills, density=self.cfg.ties_density), planes)
         if method != "tuned":
-            return self.score_composed(union(skills), planes)
+            return self.score_composed(union(skills, drop_extra=True), planes)  # own heads
         return self.tuned(skills)
 
     def tuned(self, skills: list[AdapterFile]) -> dict[str, Any]:
@@ -245,7 +245,7 @@ class PairRun:
         grid = [(a, b) for a in self.cfg.scales for b in self.cfg.scales]
         results = {}
         for lam_a, lam_b in grid:
-            composed = union([scale(skills[0], lam_a), scale(skills[1], lam_b)])
+            composed = union([scale(skills[0], lam_a), scale(skills[1], lam_b)], drop_extra=True)
             results[(lam_a, lam_b)] = self.score_composed(composed, "halves")
         best = max(grid, key=lambda lam: self.worst_validation_share(results[lam]))
         return {**results[best], "strengths": list(best)}
