@@ -238,7 +238,10 @@ def run_cell(group: Group, cell_settings: dict[str, Any], folder: Path) -> dict[
     """Train and score one cell; its run folder is removed once the store has the scores
     (a killed cell resumes from the folder's checkpoint)."""
     spec, config = split_settings(cell_settings)
-    row = run(spec, config, folder, test_limit=group.test_limit, detail=True)
+    # the test scores the final model, the one whose validation score chose the lr
+    row = run(
+        spec, config, folder, test_limit=group.test_limit, test_checkpoint="final", detail=True
+    )
     info = describe()
     row["device"] = info["device"] if "gpu" not in info else f"cuda ({info['gpu']})"
     # compact: "0110..." instead of a JSON list of ints
