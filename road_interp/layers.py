@@ -262,6 +262,10 @@ class RoadOutput(RoadSite):
         self._parent = weakref.ref(target)
         self._handle = target.register_forward_hook(self._rotate_output)
 
+    def attached_to(self) -> nn.Module | None:
+        """The module whose output this site rotates (None once detached)."""
+        return self._parent() if self._parent is not None else None
+
     def detach(self) -> None:
         """Remove the hook and take the site out of its module (safe to call twice)."""
         if self._handle is not None:
@@ -277,7 +281,8 @@ class RoadOutput(RoadSite):
         if h.shape[-1] != self.size:
             raise ValueError(
                 f"{self.site_name}: the site has size {self.size} but the module's output has "
-                f"last dimension {h.shape[-1]}; pass size={h.shape[-1]} when adding the adapter"
+                f"last dimension {h.shape[-1]}; the adapter was made for a model of another "
+                f"width, or add it with size={h.shape[-1]}"
             )
         if self.positions.kind == "all":
             z = self.rotate(h)

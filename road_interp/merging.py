@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .compose import check_composable
+from .compose import check_composable, merge_extra
 from .io import AdapterFile
 
 
@@ -34,8 +34,12 @@ def ties(
     adapters: Mapping[str, AdapterFile] | Sequence[AdapterFile],
     density: float = 0.2,
     lam: float = 1.0,
+    *,
+    keep_extra: str | None = None,
+    drop_extra: bool = False,
 ) -> AdapterFile:
-    """TIES-merge adapters of one variant and pairing (see the module docstring)."""
+    """TIES-merge adapters of one variant and pairing (see the module docstring). Extra
+    weights (a head) as `road_interp.compose.union` treats them (`merge_extra`)."""
     named = dict(adapters) if isinstance(adapters, Mapping) else dict(enumerate(adapters))
     check_composable({str(k): a for k, a in named.items()})
     if not 0 < density <= 1:
@@ -54,7 +58,8 @@ def ties(
         log_alpha = _merge([a.double().log() for _, a in present], density) * lam
         params[site] = (theta.float(), log_alpha.exp().float())
     config = replace(first.config, targets=tuple(params), subspace=None)
-    return AdapterFile(config, first.base_model, params)
+    extra = merge_extra({str(k): a for k, a in named.items()}, keep=keep_extra, drop=drop_extra)
+    return AdapterFile(config, first.base_model, params, extra)
 
 
 def _merge(vectors: list[Tensor], density: float) -> Tensor:

@@ -87,6 +87,8 @@ class RoadModel(nn.Module):
         self.extras: dict[str, tuple[str, ...]] = {}
         """adapter name -> names of the wrapped model's parameters that travel with it."""
         self._extra_holder: dict[str, str] = {}
+        self._extra_original: dict[str, Tensor] = {}
+        """The wrapped model's own values of weights a loaded adapter overwrote (`remove`)."""
         """parameter name -> the adapter whose values that parameter holds now."""
 
     # -- structure --------------------------------------------------------------------------
@@ -234,6 +236,7 @@ class RoadModel(nn.Module):
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for n, value in adapter.extra.items():
+                self._extra_original.setdefault(n, params[n].detach().clone())
                 params[n].copy_(value)
         if name is not None:
             self._own_extra(name, tuple(adapter.extra), loaded=True)
@@ -273,13 +276,15 @@ class RoadModel(nn.Module):
         return tuple(names)
 
     def _own_extra(self, name: str, names: tuple[str, ...], *, loaded: bool) -> None:
-        """Adapter ``name`` claims these weights. Adapters added here share what the model
-        holds; values ``loaded`` from a file make them that adapter's alone (the holder),
-        and a later claim takes over from a holder."""
-        self.extras[name] = names
+        """Adapter ``name`` claims these weights; the model holds one value of each, so the
+        newest claim is their holder (values ``loaded`` from a file, or an adapter added while
+        another claims them: training it changes them). `adapter_file` refuses to save an
+        adapter's weights once another adapter holds them."""
         for n in names:
-            if loaded or n in self._extra_holder:
+            shared = any(n in theirs for other, theirs in self.extras.items() if other != name)
+            if loaded or shared or n in self._extra_holder:
                 self._extra_holder[n] = name
+        self.extras[name] = names
 
     def save_adapter(
         self, name: str, path: str | Path, *, peft: bool = False, overwrite: bool = False
@@ -398,7 +403,11 @@ class RoadModel(nn.Module):
                     f"{where} has a site {path} that this {ours['architecture']} does not "
                     "have; was it made for another architecture?"
                 )
-            actual = injection.out_features(modules[path]) if adapter.positions is None else size
+            actual = (
+                injection.out_features(modules[path])
+                if adapter.positions is None
+                else _hidden_size(self.model, size)
+            )
             if actual != size:
                 raise ValueError(
                     f"{where}: site {path} has size {size} in the adapter but {actual} in "
@@ -470,15 +479,17 @@ class RoadModel(nn.Module):
 
     @contextmanager
     def disabled(self) -> Iterator[RoadModel]:
-        """Run the base model: every site passes its input through untouched."""
-        sites = self.sites.values()
-        for site in sites:
+        """Run the base model's rotations: every site passes its input through untouched.
+        (Extra weights a loaded adapter brought, such as a classifier's head, stay loaded;
+        `remove` puts the model's own back.)"""
+        previous = [(site, site.disabled) for site in self.sites.values()]
+        for site, _ in previous:
             site.disabled = True
         try:
             yield self
         finally:
-            for site in sites:
-                site.disabled = False
+            for site, flag in previous:  # nested or routed contexts keep their own state
+                site.disabled = flag
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """``{"<site>.theta": θ, "<site>.alpha": α}`` of adapter ``name``."""
@@ -547,7 +558,7 @@ class RoadModel(nn.Module):
         modules (bit-identical to before if nothing is merged; merged sites are unmerged
         first) and its original ``requires_grad`` flags."""
         self.unmerge()
-        return self._unload()
+        return self._unload(restore_extra=True)
 
     def merge_and_unload(self) -> nn.Module:
         """Fold the active adapters in and return a plain model: no sites, no hook, and the
@@ -561,11 +572,17 @@ class RoadModel(nn.Module):
         self.merge()
         for site in self.linear_sites().values():
             site.merged = ()
-        return self._unload()
+        return self._unload(restore_extra=False)
 
-    def _unload(self) -> nn.Module:
+    def _unload(self, *, restore_extra: bool) -> nn.Module:
         for path in self.sites:
             injection.remove_site(self.model, path)
+        if restore_extra:  # remove(): the wrapped model's own head back
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for n, value in self._extra_original.items():
+                    params[n].copy_(value)
+        self._extra_original.clear()
         self.router.close()
         for n, p in self.model.named_parameters():
             p.requires_grad_(self._base_requires_grad.get(n, p.requires_grad))
@@ -636,6 +653,11 @@ def unwrap(model: nn.Module) -> nn.Module:
             continue
         break
     return model
+
+
+def _hidden_size(model: nn.Module, default: int) -> int:
+    """The model's hidden size (the width of block outputs), or ``default`` if it has none."""
+    return int(getattr(getattr(model, "config", None), "hidden_size", None) or default)
 
 
 def road_model_in(model: nn.Module) -> RoadModel | None:

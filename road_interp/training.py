@@ -364,6 +364,7 @@ def _train(
     on_step_end: StepCallback | None,
 ) -> TrainResult:
     """`train` inside its locked run folder."""
+    _check_subspace_decay(model, config)
     was_training = model.training
     run = _prepare(model, tokenizer, data, eval_data, config, out, resume)
     run.interrupt = interrupt
@@ -375,17 +376,19 @@ def _train(
     )
     run.started = time.perf_counter()
     road = road_model_in(model)
-    with road.restricted() if road is not None else nullcontext():  # adapters' own subspaces
-        for step in range(run.start, run.total):
-            record = _step(run, step, forward_context)
-            bar.update(1)
-            _after_step(run, record)
-            best = f"{run.best['eval']['value']:.4f}" if run.best else "-"
-            bar.set_postfix(loss=f"{record['loss']:.4f}", best=best)
-            if on_step_end is not None:
-                on_step_end(record["step"], record)
-    bar.close()
-    model.train(was_training)
+    try:
+        with road.restricted() if road is not None else nullcontext():  # their own subspaces
+            for step in range(run.start, run.total):
+                record = _step(run, step, forward_context)
+                bar.update(1)
+                _after_step(run, record)
+                best = f"{run.best['eval']['value']:.4f}" if run.best else "-"
+                bar.set_postfix(loss=f"{record['loss']:.4f}", best=best)
+                if on_step_end is not None:
+                    on_step_end(record["step"], record)
+    finally:  # also after a divergence or Ctrl-C: the model's mode as it was
+        bar.close()
+        model.train(was_training)
     return _finish(run)
 
 
@@ -454,6 +457,20 @@ class _DeferredInterrupt:
             "\nstopping after this step, once its checkpoint is written (Ctrl-C again to "
             "stop at once)",
             file=sys.stderr,
+        )
+
+
+def _check_subspace_decay(model: nn.Module, config: TrainConfig) -> None:
+    """AdamW's decay pulls every parameter toward 0, also the entries a subspace keeps at the
+    identity (α = 1): refuse the two together, before anything runs."""
+    road = road_model_in(model)
+    restricted = [n for n in road.trainable_adapters() if road.configs[n].subspace] if road else []
+    if restricted and config.weight_decay > 0:
+        raise ValueError(
+            f"adapter {restricted[0]!r} trains on the subspace {road.configs[restricted[0]].subspace!r}"  # type: ignore[union-attr]
+            f" and weight_decay is {config.weight_decay}: decay would move its other planes off "
+            "the identity (α toward 0), so it would no longer compose; train it with "
+            "weight_decay=0 (the default)"
         )
 
 

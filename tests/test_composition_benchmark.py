@@ -26,6 +26,7 @@ def test_store_skips_finished_cells_and_survives_a_cut_last_line(tmp_path):
     assert "a" in again and "c" not in again
     assert run_cells([cell("a"), cell("b"), cell("c")], again, log=lambda _: None)
     assert calls == ["a", "b", "c"]
+    assert set(ResultStore(tmp_path).records) == {"a", "b", "c"}  # the cut line is gone
     assert not run_cells([cell("d")], again, budget_minutes=0, log=lambda _: None)
     lines = store.path.read_text().splitlines()
     store.path.write_text("\n".join(["garbage", *lines]) + "\n")

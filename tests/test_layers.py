@@ -143,3 +143,15 @@ def test_reserved_adapter_names_are_refused_before_anything_changes():
         with pytest.raises(ValueError, match="torch Module attribute"):
             model.add_adapter(name, RANDOM)
     assert not model.sites and not model.configs
+
+
+def test_nested_disabled_blocks_restore_the_outer_state(input_ids):
+    model = RoadModel(tiny_llama())
+    with torch.no_grad():
+        base = model(input_ids=input_ids).logits
+    model.add_adapter("a", RANDOM, seed=1)
+    with torch.no_grad(), model.disabled():
+        with model.disabled():
+            pass
+        assert torch.equal(model(input_ids=input_ids).logits, base)  # still the base model
+    assert not any(site.disabled for site in model.sites.values())

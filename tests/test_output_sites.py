@@ -212,7 +212,7 @@ def test_bad_targets_sizes_and_positions_give_clear_errors(input_ids):
         model.add_adapter("x", RoadConfig(group_size=2, targets=("model.layers.0",)))
     assert not model.sites and not model.configs
     model.add_adapter("x", at("all", CONFIG, "mlp.act_fn"), size=128)
-    with pytest.raises(ValueError, match="pass size=256"):
+    with pytest.raises(ValueError, match="add it with size=256"):
         model(input_ids)
     with pytest.raises(ValueError, match="one site per module"):
         model.add_adapter("z", at("last", CONFIG, "mlp.act_fn"), size=128)
@@ -328,3 +328,18 @@ def test_smollm2_last_prompt_token_site_scores_the_answer_as_generation_predicts
         assert abs(float(logp[0, 0] - base[0, 0])) > 1e-3
     finally:
         model.remove()
+
+
+def test_an_output_adapter_for_another_width_is_refused_at_load():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    narrow = LlamaForCausalLM(
+        LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, vocab_size=96)
+    )  # fmt: skip
+    small = RoadModel(narrow)
+    small.add_adapter("x", CONFIG, seed=0)
+    wide = RoadModel(tiny_llama())
+    with pytest.raises(ValueError, match="size 64 in the adapter but 128"):
+        wide.load_adapter(small.adapter_file("x"), "x")
+    assert not wide.sites

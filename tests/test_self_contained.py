@@ -179,3 +179,27 @@ def test_save_pretrained_and_from_pretrained_round_trip(tmp_path, input_ids):
     model.set_active("a", "b")
     with pytest.raises(ValueError, match="say which"):
         model.save_pretrained(tmp_path / "x")
+
+
+def test_the_newest_adapter_holds_a_shared_head_and_remove_restores_the_models_own(input_ids):
+    """Review findings: two adapters added on one classifier share its one head (the newer
+    one holds it: saving the older would write the newer's head); a loaded head is taken
+    out again by remove()."""
+    base = tiny_bert()
+    with torch.no_grad():
+        own = base(input_ids=input_ids).logits
+    model = RoadModel(base)
+    model.add_adapter("a", RoadConfig(group_size=4))
+    model.add_adapter("b", RoadConfig(group_size=4))
+    with pytest.raises(ValueError, match="holds the values of adapter 'b'"):
+        model.adapter_file("a")
+    trained = model.adapter_file("b")
+    trained.extra["classifier.weight"].add_(1.0)  # a head another run trained
+    other = RoadModel(tiny_bert())
+    with torch.no_grad():
+        before = other(input_ids=input_ids).logits
+    other.load_adapter(trained, "b")
+    restored = other.remove()
+    with torch.no_grad():
+        assert torch.equal(restored(input_ids=input_ids).logits, before)
+    assert torch.equal(model.remove()(input_ids=input_ids).logits, own)

@@ -213,3 +213,13 @@ def test_a_configs_subspace_restricts_training_and_travels_with_the_adapter(tmp_
     with pytest.raises(ValueError, match="subspace 'half:2'"):
         model.add_adapter("b", RoadConfig(group_size=4, subspace="half:2"))
     assert not model.configs and not model.sites
+
+
+def test_weight_decay_with_a_subspace_is_refused_before_training():
+    from road_interp.training import TrainConfig, _check_subspace_decay
+
+    model = RoadModel(tiny_llama())
+    model.add_adapter("a", RoadConfig(group_size=4, subspace="half:0"))
+    _check_subspace_decay(model, TrainConfig())  # no decay: fine
+    with pytest.raises(ValueError, match="weight_decay=0"):
+        _check_subspace_decay(model, TrainConfig(weight_decay=0.01))

@@ -235,7 +235,8 @@ class PairRun:
         planes = PLANES[method]
         skills = [read_adapter(self.cell(f"skill{k}-{planes}") / "adapter") for k in (0, 1)]
         if method == "ties":
-            return self.score_composed(ties(skills, density=self.cfg.ties_density), planes)
+            merged = ties(skills, density=self.cfg.ties_density, drop_extra=True)
+            return self.score_composed(merged, planes)
         if method != "tuned":
             return self.score_composed(union(skills, drop_extra=True), planes)  # own heads
         return self.tuned(skills)

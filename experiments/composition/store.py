@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from road_interp.files import atomic_file
+
 
 class ResultStore:
     """The finished cells of one experiment folder, by key."""
@@ -29,8 +31,10 @@ class ResultStore:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                if number == len(lines):
-                    continue  # a last line cut by a kill: that cell runs again
+                if number == len(lines):  # cut by a kill: that cell runs again
+                    with atomic_file(self.path) as tmp:
+                        tmp.write_text("".join(x + "\n" for x in lines[:-1]))
+                    continue
                 raise ValueError(
                     f"{self.path}:{number} is not JSON; the store is corrupt"
                 ) from None

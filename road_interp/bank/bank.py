@@ -44,7 +44,7 @@ from transformers import GenerationConfig
 
 from .. import rotation
 from ..io import AdapterFile, read_adapter, validate
-from ..layers import RoadSite
+from ..layers import RoadLinear, RoadOutput, RoadSite
 from ..model import RoadModel
 from .tables import CoefficientTables
 
@@ -291,6 +291,11 @@ class AdapterBank:
 
 
 def _site_device(site: RoadSite) -> torch.device:
-    base = getattr(site, "base_layer", None)
-    weight = getattr(base, "weight", None)
-    return weight.device if isinstance(weight, Tensor) else torch.device("cpu")
+    """Where the site computes: its own adapters' or wrapped layer's device; for an output
+    site with no adapter of its own, the device of the module it is attached to."""
+    if isinstance(site, RoadLinear):
+        holder: nn.Module | None = site.base_layer
+    else:
+        holder = site.attached_to() if isinstance(site, RoadOutput) else None
+    first = next(holder.parameters(), None) if holder is not None else None
+    return first.device if first is not None else torch.device("cpu")

@@ -43,6 +43,9 @@ def add_parser(sub) -> None:
         "--max-length", type=int, default=256, help="tokens per example at most (default: 256)"
     )
     p.add_argument("-o", "--output", help="also write the result to this JSON file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the -o file if it exists already"
+    )
     p.set_defaults(func=run)
 
 
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..baselines import RunSpec, load_for_task
     from ..checkpoints import load_head, load_trainable
     from ..evaluation import evaluate
+    from ..files import OutputError, atomic_file
     from ..model import RoadModel
     from ..tasks import get_task
 
@@ -87,5 +91,9 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        out = Path(args.output)
+        if out.exists() and not args.overwrite:
+            raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+        with atomic_file(out) as tmp:
+            tmp.write_text(text + "\n")
     return 0
