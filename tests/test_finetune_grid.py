@@ -210,3 +210,18 @@ def test_summary_table_frame_is_tidy(tmp_path):
     run_grid(p, store, ACCURACY, [])
     sweep = pd.DataFrame(summary.build(p, store)["sweep"])
     assert set(sweep["lr"]) == {1e-3, 1e-2, 1e-4} and (sweep["seeds"] == 2).all()
+
+
+def test_seed_level_widens_the_interval_and_one_seed_is_the_item_bootstrap():
+    from road_interp.intervals import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    one = (rng.random((1, 500)) < 0.8).astype(float)
+    assert summary.seeds_and_items(np.mean, one) == paired_bootstrap(np.mean, one)
+    steady = np.repeat(one, 4, axis=0)
+    noisy = steady.copy()
+    noisy[:2, :60] = 1 - noisy[:2, :60]  # two seeds of four disagree on 60 items
+    width = lambda v: v[2] - v[0]  # noqa: E731
+    assert width(summary.seeds_and_items(np.mean, noisy)) > width(paired_bootstrap(np.mean, noisy))
+    low, point, high = summary.seeds_and_items(summary.difference, noisy, steady)
+    assert point == pytest.approx(noisy.mean() - steady.mean()) and low < point < high

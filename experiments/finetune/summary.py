@@ -11,11 +11,14 @@ Writes beside the store:
 - ``sweep.csv``: one row per (model, task, method, lr).
 
 **Intervals.** A method's test metric is the mean over its seeds of the per-example
-correctness (a seeds × items array); its 95% interval is `road_interp.intervals.paired_bootstrap`
-over the test items (every seed keeps the resampled items), so it covers the test set's
-sampling; the spread over seeds is reported beside it (std of the per-seed scores). A
-difference between two methods resamples the *same* items for both (the test set is shared),
-which is what makes it paired. The verdict of "within 1 point" is `verdict(interval, -0.01)`:
+correctness (a seeds × items array). Its 95% interval comes from a two-level bootstrap
+(`seeds_and_items`): each resample draws the test items with replacement *and* each method's
+seeds with replacement, so it covers both the test set's sampling and the spread over seeds
+(with few seeds the seed level is crude; the spread is also reported as the std of the
+per-seed scores). A difference between two methods resamples the *same* items for both (the
+test set is shared), which is what makes it paired. It is `road_interp.intervals.paired_bootstrap`
+over the items with the seeds redrawn inside each resample; with one seed per method it is
+exactly that function's interval. The verdict of "within 1 point" is `verdict(interval, -0.01)`:
 met when the whole interval of road_1 − lora is above −1 point, not met when it is wholly
 below, not established otherwise, and never "met" before the preset's seeds are all in.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,6 +55,23 @@ DIFFERENCES = (
 def difference(a: np.ndarray, b: np.ndarray) -> float:
     """Mean of ``a`` minus mean of ``b`` (seeds × items each; seeds may differ in number)."""
     return float(a.mean() - b.mean())
+
+
+def seeds_and_items(
+    statistic: Callable[..., float], *arrays: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(low, point, high) of ``statistic`` over seeds × items arrays that share their items:
+    `paired_bootstrap` over the items, each resample also redrawing every array's seeds
+    (rows) with replacement. One seed per array: `paired_bootstrap` itself."""
+    if all(len(a) == 1 for a in arrays):
+        return paired_bootstrap(statistic, *arrays, resamples=resamples, seed=seed)
+    rng = np.random.default_rng(seed + 1)  # the seed level's own stream, drawn call by call
+
+    def redrawn(*items: np.ndarray) -> float:
+        return statistic(*(a[rng.integers(0, len(a), len(a))] for a in items))
+
+    low, _, high = paired_bootstrap(redrawn, *arrays, resamples=resamples, seed=seed)
+    return low, statistic(*arrays), high
 
 
 def correctness(records: list[dict[str, Any]]) -> np.ndarray:
@@ -106,7 +127,7 @@ def build(preset: Preset, store: ResultStore) -> dict[str, Any]:
                     continue
                 correct = correctness(done)
                 finals[method], params[method] = correct, done[0]["trainable_params"]
-                low, mean, high = paired_bootstrap(np.mean, correct)
+                low, mean, high = seeds_and_items(np.mean, correct)
                 per_seed = correct.mean(axis=1)
                 table.append(
                     {
@@ -138,7 +159,7 @@ def build(preset: Preset, store: ResultStore) -> dict[str, Any]:
                     continue
                 if finals[a].shape[1] != finals[b].shape[1]:
                     raise ValueError(f"{g.model}/{task}: {a} and {b} have different test sets")
-                interval = paired_bootstrap(difference, finals[a], finals[b])
+                interval = seeds_and_items(difference, finals[a], finals[b])
                 row = {
                     "model": g.model,
                     "task": task,
