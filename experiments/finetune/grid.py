@@ -35,7 +35,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,10 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", help="run folders of unfinished cells (default: in /tmp)")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     parser.add_argument("--budget-minutes", type=float, help="start no cell after this long")
+    parser.add_argument(
+        "--models", nargs="+", help="run only these models' groups (e.g. one process per model)"
+    )
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
     args = parser.parse_args(argv)
     preset = Preset.load(args.preset)
     preset.validate()
+    if args.models:
+        preset = replace(preset, groups=tuple(g for g in preset.groups if g.model in args.models))
     torch.set_num_threads(preset.threads)
     out = Path(args.out) if args.out else results_folder(preset.name)
     store = ResultStore(out)
