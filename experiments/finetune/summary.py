@@ -217,7 +217,7 @@ def markdown(summary: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {g['model']} | {g['task']} | {g['method']} | {g['lr']} | {100 * g['validation']:.1f} "
-            f"| {g['over']} {100 * g['reference']:.1f} | +{g['points']:g} | {'yes' if g['passed'] else 'no'} |"
+            f"| {g.get('reference_is', g['over'])}: {100 * g['reference']:.1f} | +{g['points']:g} | {'yes' if g['passed'] else 'no'} |"
         )
     lines += ["", "## Learning-rate sweep (validation, pilot seeds)", ""]
     lines += [
@@ -236,10 +236,11 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for r in summary["table"]:
         std = "–" if r["seed_std"] is None else f"{100 * r['seed_std']:.1f}"
+        majority = "–" if r["majority"] is None else f"{100 * r['majority']:.1f}"
         lines.append(
             f"| {r['model']} | {r['task']} | {r['method']} | {r['lr']} | {r['trainable_params']:,} | "
             f"{r['trainable_pct']:.3f} | {r['metric_name']} {_interval(r['metric'])} | {std} | "
-            f"{len(r['seeds'])}/{r['seeds_planned']} | {100 * r['majority']:.1f} | {r['n_test']} |"
+            f"{len(r['seeds'])}/{r['seeds_planned']} | {majority} | {r['n_test']} |"
         )
     lines += ["", f"## Differences (test, paired); target: {TARGET}", ""]
     lines += [
