@@ -88,6 +88,8 @@ class RoadModel(nn.Module):
         """adapter name -> names of the wrapped model's parameters that travel with it."""
         self._extra_holder: dict[str, str] = {}
         self._extra_original: dict[str, Tensor] = {}
+        self._extra_claimed: dict[str, Tensor] = {}
+        """Each held weight's value when its holder claimed it (see `_own_extra`)."""
         """The wrapped model's own values of weights a loaded adapter overwrote (`remove`)."""
         """parameter name -> the adapter whose values that parameter holds now."""
 
@@ -220,7 +222,10 @@ class RoadModel(nn.Module):
         extra = {}
         for n in self.extras.get(name, ()):
             holder = self._extra_holder.get(n)
-            if holder is not None and holder != name:
+            changed = n not in self._extra_claimed or not torch.equal(
+                model_params[n], self._extra_claimed[n]
+            )
+            if holder is not None and holder != name and changed:
                 raise ValueError(
                     f"{n} now holds the values of adapter {holder!r}, not of {name!r} (loaded "
                     f"after it); save {name!r} before loading another adapter with its own "
@@ -278,12 +283,18 @@ class RoadModel(nn.Module):
     def _own_extra(self, name: str, names: tuple[str, ...], *, loaded: bool) -> None:
         """Adapter ``name`` claims these weights; the model holds one value of each, so the
         newest claim is their holder (values ``loaded`` from a file, or an adapter added while
-        another claims them: training it changes them). `adapter_file` refuses to save an
-        adapter's weights once another adapter holds them."""
+        another claims them: training it changes them), and their value at that moment is
+        kept. `adapter_file` refuses to save an older claimant's weights once they differ from
+        that value (the holder changed them)."""
+        params = dict(self.model.named_parameters())
         for n in names:
             shared = any(n in theirs for other, theirs in self.extras.items() if other != name)
             if loaded or shared or n in self._extra_holder:
                 self._extra_holder[n] = name
+                if loaded:  # the older claimants' values are gone already
+                    self._extra_claimed.pop(n, None)
+                else:
+                    self._extra_claimed[n] = params[n].detach().clone()
         self.extras[name] = names
 
     def save_adapter(
@@ -364,6 +375,9 @@ class RoadModel(nn.Module):
         del self.configs[name]
         self.extras.pop(name, None)
         self._extra_holder = {n: a for n, a in self._extra_holder.items() if a != name}
+        self._extra_claimed = {
+            n: v for n, v in self._extra_claimed.items() if n in self._extra_holder
+        }
 
     def set_active(self, *names: str) -> None:
         """Activate these adapters (applied in this order at every site that has them)."""
@@ -589,6 +603,7 @@ class RoadModel(nn.Module):
         self.configs.clear()
         self.extras.clear()
         self._extra_holder.clear()
+        self._extra_claimed.clear()
         self.active = ()
         return self.model
 

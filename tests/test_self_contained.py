@@ -185,12 +185,12 @@ def test_the_newest_adapter_holds_a_shared_head_and_remove_restores_the_models_o
     """Review findings: two adapters added on one classifier share its one head (the newer
     one holds it: saving the older would write the newer's head); a loaded head is taken
     out again by remove()."""
-    base = tiny_bert()
-    with torch.no_grad():
-        own = base(input_ids=input_ids).logits
-    model = RoadModel(base)
+    model = RoadModel(tiny_bert())
     model.add_adapter("a", RoadConfig(group_size=4))
     model.add_adapter("b", RoadConfig(group_size=4))
+    model.adapter_file("a")  # the head is still what "a" had: saving it is fine
+    with torch.no_grad():
+        model.model.classifier.weight.add_(0.5)  # as training "b" would
     with pytest.raises(ValueError, match="holds the values of adapter 'b'"):
         model.adapter_file("a")
     trained = model.adapter_file("b")
@@ -202,4 +202,3 @@ def test_the_newest_adapter_holds_a_shared_head_and_remove_restores_the_models_o
     restored = other.remove()
     with torch.no_grad():
         assert torch.equal(restored(input_ids=input_ids).logits, before)
-    assert torch.equal(model.remove()(input_ids=input_ids).logits, own)
