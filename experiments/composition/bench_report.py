@@ -204,7 +204,9 @@ def retained_figure(table: pd.DataFrame) -> plt.Figure:
         ax.axhline(TARGET, color="black", linestyle="--", linewidth=1, label="target 0.95")
         ax.set_xticks(np.arange(len(methods)), methods)
         ax.set_ylabel("retained share of the skill's gain")
-        ax.set_title(pair.replace("+", " × "))
+        ax.set_ylim(-0.5, 1.5)  # a gain near 0 makes the ratio's interval unbounded: clipped
+        gate = "" if part["gate_passed"].all() else "\n(gate not passed: for diagnosis only)"
+        ax.set_title(pair.replace("+", " × ") + gate)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
