@@ -44,12 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .encoding import unwrap
 from .files import OutputError, atomic_file, atomic_folder, recover_folder
-from .io import read_adapter, write_adapter
+from .io import read_adapter, read_tensors, write_adapter
 from .model import HEAD_MODULES, RoadModel, head_parameters  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -72,18 +72,6 @@ RESUME_NEUTRAL = ("progress", "eval_batch_size", "log_every", "save_every")
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Every parameter that requires grad, by its name in ``model``."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load(path: str | Path, what: str) -> dict[str, Tensor]:
-    """``load_file`` with a message for a missing, truncated or corrupt file."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path} is missing; {what}")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for bad headers
-        raise ValueError(
-            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupt: {what}"
-        ) from None
 
 
 def _cpu(params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
@@ -155,7 +143,9 @@ def load_head(model: nn.Module, path: str | Path) -> None:
         _copy_head(model, tensors, file)
         return
     file = file / "head.safetensors" if file.is_dir() else file
-    tensors = _load(file, "train the adapter and its head again (or use the run's other folder)")
+    tensors = read_tensors(
+        file, "train the adapter and its head again (or use the run's other folder)"
+    )
     _copy_head(model, tensors, file)
 
 
@@ -165,20 +155,28 @@ def _copy_head(model: nn.Module, tensors: dict[str, Tensor], file: Path) -> None
         raise ValueError(
             f"{file} holds {sorted(tensors)}, but this model's head has {sorted(head)}"
         )
+    _copy_checked(head, tensors, file, "; was it trained with another number of labels?")
+
+
+def _copy_checked(
+    params: dict[str, nn.Parameter], tensors: dict[str, Tensor], file: Path | str, hint: str = ""
+) -> None:
+    """Copy ``tensors`` into the same-named ``params``, every shape checked before any copy."""
+    for name, value in tensors.items():
+        if value.shape != params[name].shape:
+            raise ValueError(
+                f"{file}: {name} has shape {tuple(value.shape)}, the model's "
+                f"{tuple(params[name].shape)}{hint}"
+            )
     with torch.no_grad():
         for name, value in tensors.items():
-            if value.shape != head[name].shape:
-                raise ValueError(
-                    f"{file}: {name} has shape {tuple(value.shape)}, the model's "
-                    f"{tuple(head[name].shape)}; was it trained with another number of labels?"
-                )
-            head[name].copy_(value)
+            params[name].copy_(value)
 
 
 def load_trainable(model: nn.Module, path: str | Path) -> None:
     """Copy ``trainable.safetensors`` (written by `save_trained` for a model that is not a
     `RoadModel`, e.g. full finetuning) into a model built the same way."""
-    tensors = _load(path, "train again (or use the run's other folder)")
+    tensors = read_tensors(path, "train again (or use the run's other folder)")
     params = dict(model.named_parameters())
     missing = sorted(set(tensors) - set(params))
     if missing:
@@ -186,14 +184,7 @@ def load_trainable(model: nn.Module, path: str | Path) -> None:
             f"{path} holds parameters this model lacks ({missing[:3]}...); build the model the "
             "way it was trained (a LoRA run needs the same PEFT wrapping)"
         )
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if value.shape != params[name].shape:
-                raise ValueError(
-                    f"{path}: {name} has shape {tuple(value.shape)}, the model's "
-                    f"{tuple(params[name].shape)}"
-                )
-            params[name].copy_(value)
+    _copy_checked(params, tensors, path)
 
 
 # ----------------------------------------------------------------------------- checkpoint
@@ -279,8 +270,8 @@ def load_checkpoint(
             f"{list(named)[:3]}...; build the model the same way as the interrupted run"
         )
     fix = f"delete {folder} to start over"
-    params = _load(folder / "trainable.safetensors", fix)
-    moments = _load(folder / "optimizer.safetensors", fix)
+    params = read_tensors(folder / "trainable.safetensors", fix)
+    moments = read_tensors(folder / "optimizer.safetensors", fix)
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(params[name].to(p.dtype))
@@ -290,7 +281,7 @@ def load_checkpoint(
         optimizer_state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
-    rng = _load(folder / "rng.safetensors", fix)
+    rng = read_tensors(folder / "rng.safetensors", fix)
     if meta["world_size"] == world:
         torch.set_rng_state(rng[f"rng.{rank}"])
     else:

@@ -26,7 +26,6 @@ missing or corrupt file raises :class:`DataError` telling the user to run ``road
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -38,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .files import atomic_file, check_record, file_record, pip_download
+from .files import atomic_file, check_record, file_record, pip_download, sha256
 from .models import cache_dir
 
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
@@ -156,20 +155,12 @@ def _load_task(path: Path) -> dict:
 # ----------------------------------------------------------------------------- BIG-bench
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bigbench_sdist(download: bool = True) -> Path:
     """The cached ``bigbench-1.0.0.tar.gz``, downloaded (and sha256-checked) if missing.
 
     A file with the wrong checksum (a partial or corrupt download) is replaced."""
     path = cache_dir() / "downloads" / BIGBENCH_SDIST
-    if path.exists() and path.stat().st_size == BIGBENCH_SIZE and _sha256(path) == BIGBENCH_SHA256:
+    if path.exists() and path.stat().st_size == BIGBENCH_SIZE and sha256(path) == BIGBENCH_SHA256:
         return path
     if not download:
         raise DataError(f"the BIG-bench sdist is not in the cache ({path}); {FETCH_HINT}")
@@ -177,7 +168,7 @@ def bigbench_sdist(download: bool = True) -> Path:
         downloaded = pip_download("bigbench", "1.0.0", path.parent)
     except RuntimeError as err:
         raise DataError(str(err)) from err
-    if (got := _sha256(downloaded)) != BIGBENCH_SHA256:
+    if (got := sha256(downloaded)) != BIGBENCH_SHA256:
         downloaded.unlink()
         raise DataError(f"downloaded {BIGBENCH_SDIST} has sha256 {got}, not {BIGBENCH_SHA256}")
     os.replace(downloaded, path)

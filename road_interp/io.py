@@ -169,15 +169,18 @@ def _require(meta: dict[str, Any], keys: tuple[str, ...], path: Path, fix: str) 
         raise ValueError(f"{path} lacks {', '.join(map(repr, missing))}; {fix}")
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; the adapter folder is incomplete")
+def read_tensors(
+    path: str | Path, fix: str = "save or export the adapter again"
+) -> dict[str, Tensor]:
+    """``load_file`` with one-line errors for a missing, truncated or corrupt file; ``fix``
+    says what to do about it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing; the folder is incomplete: {fix}")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise ValueError(
-            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupt, "
-            "save or export the adapter again"
+            f"{path} is not a readable safetensors file ({err}); it is truncated or corrupt: {fix}"
         ) from None
 
 
@@ -214,7 +217,7 @@ def _read_ours(folder: Path) -> AdapterFile:
     if not isinstance(meta["sites"], dict) or not isinstance(meta["base_model"], dict):
         raise ValueError(f"{folder / CONFIG_FILE}: 'sites' and 'base_model' must be objects")
     config = _config(meta["adapter"], folder / CONFIG_FILE)
-    tensors = _read_tensors(folder / WEIGHTS_FILE)
+    tensors = read_tensors(folder / WEIGHTS_FILE)
     params = {}
     for site in meta["sites"]:
         stored = renamed.get(site, site)
@@ -226,7 +229,7 @@ def _read_ours(folder: Path) -> AdapterFile:
             ) from None
     extra = _read_extra(meta.get("extra", {}), tensors, folder)
     if not extra and (folder / LEGACY_HEAD_FILE).exists():
-        extra = _read_tensors(folder / LEGACY_HEAD_FILE)
+        extra = read_tensors(folder / LEGACY_HEAD_FILE)
     adapter = AdapterFile(config, meta["base_model"], params, extra)
     _check_shapes(adapter, meta["sites"], folder)
     return adapter
@@ -286,7 +289,7 @@ def _read_peft(folder: Path) -> AdapterFile:
         raise ValueError(f"{folder} is a PEFT adapter of type {meta.get('peft_type')!r}, not ROAD")
     fix = "the PEFT config is incomplete; save it again with PEFT >= 0.17"
     _require(meta, ("variant", "group_size"), folder / PEFT_CONFIG_FILE, fix)
-    tensors = _read_tensors(folder / PEFT_WEIGHTS_FILE)
+    tensors = read_tensors(folder / PEFT_WEIGHTS_FILE)
     params, extra = {}, {}
     for key, theta in tensors.items():
         if not key.endswith((".road_theta", ".road_alpha")):
