@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
 from torch import Tensor
 
 FORMAT_VERSION = 2
@@ -36,15 +37,23 @@ TARGET_PRESETS = ("default", "all-linear")
 Conv1D except output heads."""
 
 
-POSITION_KINDS = ("all", "first", "last")
+POSITION_KINDS = ("all", "first", "last", "prompt", "answer")
 
 
 @dataclass(frozen=True)
 class Positions:
-    """Which tokens a module-output site rotates: ``all``, or the ``first`` / ``last`` k real
-    tokens of the prompt (``Positions("last")`` is the last prompt token).
+    """Which tokens a module-output site rotates: ``all``; the ``first`` / ``last`` k real
+    tokens of the prompt (``Positions("last")`` is the last prompt token); or one side of the
+    prompt / answer split, for position routing in generation:
 
-    Real tokens are those with attention_mask = 1, so left and right padding both work.
+    - ``prompt``: every real prompt token but the last (the tokens that are read);
+    - ``answer``: the last prompt token, whose output predicts the first answer token, and
+      every token after it: the answer tokens under teacher forcing and every decode step of
+      ``generate`` (the tokens that write).
+
+    ``prompt`` and ``answer`` split a sequence's real tokens, so adapters at the two can act on
+    the same model without ever acting on the same token. Real tokens are those with
+    attention_mask = 1, so left and right padding both work.
     """
 
     kind: str = "all"
@@ -55,24 +64,38 @@ class Positions:
             raise ValueError(f"unknown positions {self.kind!r}; choose one of {POSITION_KINDS}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be a positive int, got {self.k!r}")
+        if self.kind in ("all", "prompt", "answer") and self.k != 1:
+            raise ValueError(f"positions {self.kind!r} take no k (got {self.k})")
 
-    def mask(self, attention_mask: Tensor) -> Tensor:
-        """Bool (B, L) from an attention mask (B, L) of 1 = real token, 0 = padding."""
-        real = attention_mask.bool()
+    @property
+    def on_decode_steps(self) -> bool:
+        """Whether the decode steps of ``generate`` (one new token each) are rotated."""
+        return self.kind in ("all", "answer")
+
+    def mask(self, prompt: Tensor) -> Tensor:
+        """Bool (B, L) from the prompt's tokens (B, L): 1 = a real prompt token, 0 = padding
+        (or, under teacher forcing, an answer token)."""
+        real = prompt.bool()
         if self.kind == "all":
             return real
         rank = real.long().cumsum(dim=1)  # 1-based index among real tokens
+        count = real.long().sum(dim=1, keepdim=True)
         if self.kind == "first":
             return real & (rank <= self.k)
-        count = real.long().sum(dim=1, keepdim=True)
-        return real & (rank > count - self.k)
+        if self.kind == "last":
+            return real & (rank > count - self.k)
+        if self.kind == "prompt":
+            return real & (rank < count)
+        last = (real & (rank == count)).long().argmax(dim=1, keepdim=True)  # (B, 1)
+        return torch.arange(real.shape[1], device=real.device) >= last
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "all" else f"{self.kind}:{self.k}"
+        return self.kind if self.kind in ("all", "prompt", "answer") else f"{self.kind}:{self.k}"
 
     @classmethod
     def parse(cls, text: str) -> Positions:
-        """Inverse of ``str``: ``"all"``, ``"last"`` (k = 1), ``"last:3"``, ``"first:2"``."""
+        """Inverse of ``str``: ``"all"``, ``"last"`` (k = 1), ``"last:3"``, ``"first:2"``,
+        ``"prompt"``, ``"answer"``."""
         kind, _, k = text.partition(":")
         try:
             return cls(kind, int(k) if k else 1)

@@ -240,8 +240,8 @@ class RoadOutput(RoadSite):
     """A site on a module's output, acting at `Positions`; see the module docstring.
 
     During ``generate`` the decode steps (a non-empty cache) are rotated only for
-    ``Positions("all")``; prompt positions act through the cache, as in pyvene's
-    ``intervene_on_prompt``.
+    ``Positions("all")`` and ``Positions("answer")``; the others act on prompt positions,
+    and through the cache on what follows, as in pyvene's ``intervene_on_prompt``.
     """
 
     def __init__(self, size: int, name: str, positions: Positions, tokens: TokenState):
@@ -287,7 +287,9 @@ class RoadOutput(RoadSite):
         if self.positions.kind == "all":
             z = self.rotate(h)
         elif self.tokens.decoding:
-            return output
+            if not self.positions.on_decode_steps:
+                return output
+            z = self.rotate(h)
         else:
             prompt = self.tokens.prompt
             if prompt is None or h.dim() != 3 or tuple(prompt.shape) != tuple(h.shape[:2]):

@@ -235,6 +235,11 @@ def unit_locations(attention_mask: Tensor, positions: Positions) -> list[list[in
     tokens of `Positions` (each row needs at least k real tokens)."""
     if positions.kind == "all":
         return [list(range(attention_mask.shape[1]))] * attention_mask.shape[0]
+    if positions.kind not in ("first", "last"):
+        raise ValueError(
+            f"the pyvene view has no unit locations for positions {positions}; it takes "
+            "all, first:k or last:k"
+        )
     mask = positions.mask(attention_mask)
     rows = [torch.nonzero(m).reshape(-1).tolist() for m in mask]
     short = [i for i, r in enumerate(rows) if len(r) != positions.k]

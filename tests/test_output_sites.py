@@ -55,6 +55,79 @@ def test_position_masks_with_left_and_right_padding():
         Positions.parse("last:x")
 
 
+def test_prompt_and_answer_positions_split_the_real_tokens():
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert Positions("prompt").mask(left).nonzero().tolist() == [[0, 2], [0, 3]] + [
+        [1, i] for i in range(4)
+    ]
+    assert Positions("answer").mask(left).nonzero().tolist() == [[0, 4], [1, 4]]
+    # teacher forcing: the prompt mask ends before the answer tokens (then right padding)
+    forced = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    assert Positions("answer").mask(forced).nonzero().tolist() == [[0, i] for i in (2, 3, 4, 5)] + [
+        [1, i] for i in (1, 2, 3, 4, 5)
+    ]
+    assert not (Positions("prompt").mask(forced) & Positions("answer").mask(forced)).any()
+    for kind in ("prompt", "answer"):
+        assert Positions.parse(kind) == Positions(kind)
+        with pytest.raises(ValueError, match="take no k"):
+            Positions(kind, 2)
+    assert [Positions(k).on_decode_steps for k in ("all", "first", "last", "prompt", "answer")] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+@pytest.mark.parametrize("kinds", [("answer",), ("prompt",), ("prompt", "answer")])
+def test_generation_scores_equal_teacher_forced_logprobs_at_prompt_and_answer_positions(kinds):
+    """Position routing is the same in training (teacher forcing, one pass over prompt + answer)
+    as in ``generate`` (prefill, then decode steps through the cache): the log-probs of the
+    greedy continuation agree. The prompt adapter sits on layer 0 (on the last layer, prompt
+    tokens but the last reach no logit), the answer adapter on layer 1."""
+    ids, mask = padded_batch()
+    model = RoadModel(tiny_llama())
+    for i, kind in enumerate(kinds):
+        layer = f"model.layers.{int(kind == 'answer')}"
+        model.add_adapter(kind, at(kind, CONFIG, layer), seed=i + 1)
+    model.set_active(*kinds)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=0,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        steps = torch.stack([torch.log_softmax(s.float(), -1) for s in out.scores], 1)
+        new = out.sequences[:, ids.shape[1] :]
+        generated = steps.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, 4)
+        labels = torch.cat([torch.full_like(ids, IGNORE_INDEX), new], 1)
+        full_mask = torch.cat([mask, torch.ones_like(new)], 1)
+        batch = {
+            "input_ids": out.sequences,
+            "attention_mask": full_mask,
+            "position_ids": (full_mask.cumsum(-1) - 1).clamp(min=0),
+            "labels": labels,
+        }
+        forced, _ = answer_logprobs(model, batch)
+        torch.testing.assert_close(forced, generated, rtol=1e-4, atol=1e-4)
+        with model.disabled():
+            base = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=4,
+                do_sample=False,
+                pad_token_id=0,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        assert not torch.allclose(torch.stack(base.scores, 1), torch.stack(out.scores, 1))
+
+
 def test_all_positions_on_a_linear_output_equals_the_linear_site(input_ids):
     """The same rotation on q_proj's output: as a representation site and as a RoadLinear."""
     target = "model.layers.0.self_attn.q_proj"
