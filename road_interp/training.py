@@ -164,6 +164,13 @@ class TrainConfig:
             "same result for any number of processes)"
         },
     )
+    end_with_eos: bool = field(
+        default=True,
+        metadata={
+            "help": "causal LMs: end every target with EOS (off: supervise the answer's own "
+            "tokens only, e.g. a label that a longer reply goes on after)"
+        },
+    )
     train_limit: int | None = _opt("use at most this many training examples")
     eval_limit: int | None = field(
         default=500, metadata={"help": "evaluate on at most this many validation examples"}
@@ -502,7 +509,7 @@ def _prepare(
     )
     warmup = math.ceil(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup, total))
-    encoded = _encode(tokenizer, train_set, kind, config.max_length)
+    encoded = _encode(tokenizer, train_set, kind, config.max_length, config.end_with_eos)
 
     data_identity = {"name": train_set.name, "examples": len(train_set)}
     identity = run_identity(model, config, named, data_identity)
@@ -783,11 +790,13 @@ def _micro_batches(indices: list[int], accum: int, world: int, rank: int) -> Ite
         yield chunk[rank * share : (rank + 1) * share]
 
 
-def _encode(tokenizer: Any, es: ExampleSet, kind: str, max_length: int) -> list[dict]:
+def _encode(
+    tokenizer: Any, es: ExampleSet, kind: str, max_length: int, add_eos: bool
+) -> list[dict]:
     if kind == "encoder":
         return encode_classification(tokenizer, es.examples, max_length)
     return [
-        encode_lm(tokenizer, es.prompt(e), answer_of(e), max_length, add_eos=True)
+        encode_lm(tokenizer, es.prompt(e), answer_of(e), max_length, add_eos=add_eos)
         for e in tqdm(es.examples, desc="tokenize", leave=False, disable=len(es) < 2000)
     ]
 

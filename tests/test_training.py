@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -168,6 +169,31 @@ def test_causal_lm_learns_a_list_of_examples(real_smollm2, tmp_path):
         assert result.final_eval is not None
         assert result.final_eval["accuracy"] >= before["accuracy"]
         assert (tmp_path / "final" / "road_adapter.safetensors").exists()
+    finally:
+        road.remove()
+
+
+@pytest.mark.parametrize("end_with_eos", [True, False])
+def test_the_first_loss_is_the_answer_nll_with_or_without_eos(real_smollm2, end_with_eos):
+    """``end_with_eos=False`` supervises the answer's own tokens only: the first step's loss
+    is the mean over examples of the mean NLL of exactly those tokens."""
+    model, tok = real_smollm2
+    road = RoadModel(model)
+    try:
+        road.add_adapter("x", RoadConfig(variant="road_1"))
+        examples = [Example("The sentiment is", ("positive",), 0), Example("2 + 2 =", ("4",), 0)]
+        config = TrainConfig(
+            lr=1e-3, batch_size=2, max_steps=1, log_every=1, progress=False, dropout=False,
+            end_with_eos=end_with_eos,
+        )  # fmt: skip
+        with torch.no_grad():
+            nll = []
+            for e in examples:
+                item = encode_lm(tok, e.text, e.answer, 64, add_eos=end_with_eos)
+                logp, mask = answer_logprobs(road, pad_left([item], tok.eos_token_id))
+                nll.append(-float(logp.sum()) / int(mask.sum()))
+        result = train(road, tok, examples, config, None)
+        assert result.history["loss"].iloc[0] == pytest.approx(np.mean(nll), rel=1e-4)
     finally:
         road.remove()
 
