@@ -76,3 +76,33 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
     assert set(ResultStore(tmp_path).records) == keys
     with pytest.raises(ValueError, match="other settings"):
         run_benchmark(make_config("quick", steps=3), tmp_path)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
+    from experiments.composition.generation_bench import make_config, run_benchmark
+
+    cfg = make_config(
+        "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
+        methods=("halves", "routed", "aware", "lora_ta"), scales=(1.0,),
+    )  # fmt: skip
+    summary = run_benchmark(cfg, tmp_path)
+    assert summary["finished"] and summary["seeds"] == [0]
+    store = ResultStore(tmp_path)
+    record = store["seed0/compose/routed"]
+    assert set(record) >= {"test/content", "test/format"}
+    assert len(record["test/content"]["answer"]) == 6
+    assert set(record["test/content"]["joint"]) <= {0, 1}
+    assert set(summary["gate"]) == {"content", "format"}
+    assert set(summary["gate"]["format"]) >= {"halves_validation", "routed_validation"}
+    assert set(store["seed0/skill/format/aware"]) == {"validation/format", "key", "seconds"}
+    for method in ("halves", "routed", "aware"):
+        entry = summary["methods"][method]
+        low, point, high = entry["joint_minus_prompted_base"]
+        assert low <= point <= high
+        assert "joint_vs_lora_task_arithmetic" in entry and "joint_minus_format_alone" in entry
+    assert (tmp_path / "README.md").read_text().startswith("# Generation composition")
+    keys = set(store.records)
+    assert run_benchmark(cfg, tmp_path)["finished"]  # every cell is skipped
+    assert set(ResultStore(tmp_path).records) == keys

@@ -1,0 +1,431 @@
+"""Generation pairs: does SmolLM2 composed from a content skill and a format skill answer
+with the right content in the right format?
+
+    python -m experiments.composition.generation_bench --preset quick -o results/composition/gen-quick
+
+A pair is a **content** skill (sentiment: a review → "The sentiment of this review is
+positive.", the base model's own phrasing) and a **format** skill (JSON: other instructions on
+other sentences → ``{"answer": "<word>"}``). Their joint output ``{"answer": "positive"}`` is
+made only of tokens the two skills emit, and neither skill ever saw it. Per seed, as
+resumable cells of a results store (`experiments.composition.store`):
+
+- ``base``: the base model on the sentiment prompts, on the format prompts, and on the
+  sentiment prompts with an explicit JSON instruction (the **prompted base**: what asking
+  gets);
+- ``skill/<content|format>/<placement>``: RoAd1 on block outputs (the residual stream),
+  trained on its own prompts, with placement
+  ``halves``: every token, on eight blocks, the skill's half of each block's planes;
+  ``all``: the same blocks, every plane (the gate's "all planes");
+  ``routed``: position routing, the content skill on the **prompt** tokens of four blocks
+  (3, 9, 15, 21) and the format skill on the **answer** tokens of four others (6, 12, 18,
+  24) (`road_interp.Positions`: ``prompt`` reads, ``answer`` writes);
+  ``aware`` (format only): the routed format skill trained with the routed content skill
+  present, active and frozen, on the format prompts only (interference-aware training
+  without joint data);
+- ``lora/<content|format>``: LoRA rank 8 on q/v of every layer;
+
+then each method's composed model (`COMPOSED_OF`):
+
+- ``halves``: `road_interp.compose.union` of the two half-plane skills;
+- ``routed``: both routed skills active on one model (they never act on the same token);
+- ``aware``: the routed content skill with the aware format skill;
+- ``lora_ta``: task arithmetic W + λ (ΔW_content + ΔW_format), λ picked on validation
+  (the best joint success).
+
+Metrics per item (`road_interp.generation`): ``content`` (the first label in the answer is
+the gold one), ``format`` (the first line is a JSON object with an ``answer`` field),
+``joint`` (its ``answer`` field is the gold label). **Gate**: each skill beats the base by
+≥ 10 points on validation (content accuracy on sentiment prompts, format validity on format
+prompts) at every placement it was trained alone at. **Retained share** of a skill:
+(composed − base) / (alone − base) on its own prompts and metric, "alone" being the skill
+trained on its own (`ALONE`). **Joint success** of a composition on the sentiment prompts is
+compared with the product of its skills' single rates (content accuracy of the content skill
+alone × format validity of the format skill alone, both on the sentiment prompts) and with
+the prompted base, each with a paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, union
+from road_interp.generation import (
+    answers,
+    chat_examples,
+    json_check,
+    json_gold_check,
+    label_check,
+    score,
+)
+from road_interp.io import AdapterFile, read_adapter, write_adapter
+from road_interp.tasks import Example, get_task
+from road_interp.training import TrainConfig, train
+
+from .. import machine
+from . import generation_report
+from .store import ResultStore, run_cells
+
+LABELS = ("positive", "negative")
+CONTENT = "Is the sentiment of this review positive or negative?"
+PROMPTED = CONTENT + ' Answer in JSON, as {"answer": "positive"} or {"answer": "negative"}.'
+FORMAT = (
+    "What is the first word of this sentence?",
+    "What is the last word of this sentence?",
+)
+"""The format skill's instructions, alternated over its sentences."""
+METHODS = ("halves", "routed", "aware", "lora_ta")
+SKILLS = ("content", "format")
+COMPOSED_OF = {
+    "halves": ("skill/content/halves", "skill/format/halves"),
+    "routed": ("skill/content/routed", "skill/format/routed"),
+    "aware": ("skill/content/routed", "skill/format/aware"),
+    "lora_ta": ("lora/content", "lora/format"),
+}
+"""The cells whose adapters each method composes (content, format)."""
+ALONE = COMPOSED_OF | {"aware": COMPOSED_OF["routed"]}
+"""The cells each method's skills are measured alone by: each skill trained on its own (for
+``aware``, the format skill trained without the content skill)."""
+COMPOSED_SETS = ("test/content", "test/format")
+"""A composed model's prompt sets: the sentiment prompts (content, joint) and the format
+skill's own (format retained)."""
+BASE_SETS = ("validation/content", "validation/format", "test/content", "test/format")
+BASE_SETS += ("test/prompted",)
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Settings of the generation benchmark (defaults: the full run)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    steps: int = 60
+    batch_size: int = 8
+    max_length: int = 128
+    lr: float = 1e-2
+    train_examples: int = 1000
+    """per skill; the two skills train on disjoint sentences"""
+    content_target: str = "The sentiment of this review is {label}."
+    """the content skill's answer: in the base model's own words, so that the skill teaches
+    which label and not a new format (a bare ``"{label}"`` teaches a format of its own, and
+    then no composition keeps the JSON format: see the README's pilot)"""
+    val_examples: int = 40
+    test_examples: int = 300
+    """sentiment prompts (content, joint, the prompted base)"""
+    format_test_examples: int = 100
+    """the format skill's own prompts"""
+    max_new_tokens: int = 10
+    blocks: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
+    """blocks whose output the halves / all placements adapt; routed splits them: the
+    content skill takes every other one from the first, the format skill the rest"""
+    gate: float = 0.10
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    scales: tuple[float, ...] = (0.5, 1.0)
+    """task arithmetic's λ, picked on validation"""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(
+        seeds=(0,),
+        methods=("routed",),
+        steps=30,
+        train_examples=240,
+        val_examples=16,
+        test_examples=48,
+        format_test_examples=24,
+    ),
+    "default": {},
+}
+
+
+def make_config(preset: str, **changes: Any) -> GenConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return replace(GenConfig(), **{**PRESETS[preset], **changes})
+
+
+def first_or_last_word(i: int, text: str) -> str | None:
+    """The format skill's gold word for the i-th sentence (first word for even i)."""
+    words = re.findall(r"[A-Za-z]+", text)
+    return (words[0] if i % 2 == 0 else words[-1]) if words else None
+
+
+# -- one seed ----------------------------------------------------------------------------------
+class SeedRun:
+    """Prompts, golds and cell folders of the pair at one seed."""
+
+    def __init__(self, cfg: GenConfig, seed: int, folder: Path):
+        self.cfg, self.seed, self.folder = cfg, seed, folder
+        self.tok = load_tokenizer("smollm2")
+        task = get_task("multiemo_en")
+        n = cfg.train_examples
+        pool = task.examples("train", 2 * n, seed)  # disjoint sentences for the two skills
+        target = cfg.content_target
+        self.train = {
+            "content": chat_examples(
+                self.tok, [(CONTENT, e.text, target.format(label=e.answer)) for e in pool[:n]]
+            ),
+            "format": self.format_examples(pool[n:]),
+        }
+        self.prompts: dict[str, list[str]] = {}
+        self.golds: dict[str, list[str]] = {}
+        for split, limit, fmt_limit in (
+            ("validation", cfg.val_examples, cfg.val_examples),
+            ("test", cfg.test_examples, cfg.format_test_examples),
+        ):
+            items = task.examples(split, limit + fmt_limit, 0)
+            asked = (("content", CONTENT),) + ((("prompted", PROMPTED),) if split == "test" else ())
+            for name, instruction in asked:
+                triples = [(instruction, e.text, e.answer) for e in items[:limit]]
+                self.add_set(f"{split}/{name}", chat_examples(self.tok, triples))
+            self.add_set(f"{split}/format", self.format_examples(items[limit:]))
+
+    def add_set(self, key: str, examples: list[Example]) -> None:
+        self.prompts[key] = [e.text for e in examples]
+        self.golds[key] = [e.answer for e in examples]
+
+    def format_examples(self, items: list[Example]) -> list[Example]:
+        triples = []
+        for i, e in enumerate(items):
+            word = first_or_last_word(i, e.text)
+            if word is not None:
+                triples.append((FORMAT[i % 2], e.text, json.dumps({"answer": word})))
+        return chat_examples(self.tok, triples)
+
+    @property
+    def prefix(self) -> str:
+        return f"seed{self.seed}"
+
+    def cell(self, name: str) -> Path:
+        return self.folder / "cells" / self.prefix / name
+
+    def fresh(self) -> torch.nn.Module:
+        return load_model("smollm2", task="causal-lm")
+
+    def train_config(self, lr: float) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(
+            lr=lr,
+            batch_size=c.batch_size,
+            max_steps=c.steps,
+            max_length=c.max_length,
+            seed=self.seed,
+            log_every=max(1, c.steps // 4),
+            progress=False,
+        )
+
+    def scores(self, model: torch.nn.Module, *sets: str) -> dict[str, Any]:
+        """Per prompt set (``"test/content"``, ...): every answer and its 0/1 checks."""
+        checks = {"content": label_check(LABELS), "format": json_check, "joint": json_gold_check}
+        out: dict[str, Any] = {}
+        for key in sets:
+            generated = answers(
+                model, self.tok, self.prompts[key], self.cfg.max_new_tokens, progress=False
+            )
+            out[key] = score(generated, self.golds[key], checks).to_dict(orient="list")
+        return out
+
+    # -- cells ------------------------------------------------------------------------------
+    def base(self) -> dict[str, Any]:
+        return self.scores(RoadModel(self.fresh()), *BASE_SETS)
+
+    def placement(self, skill: str, placement: str) -> RoadConfig:
+        blocks = self.cfg.blocks
+        if placement in ("routed", "aware"):
+            mine = blocks[0::2] if skill == "content" else blocks[1::2]
+            positions = "prompt" if skill == "content" else "answer"
+            subspace = None
+        else:
+            mine, positions = blocks, "all"
+            subspace = None if placement == "all" else f"half:{SKILLS.index(skill)}"
+        targets = tuple(f"model.layers.{i}" for i in mine)
+        return RoadConfig(
+            variant="road_1",
+            group_size=2,
+            targets=targets,
+            positions=positions,
+            subspace=subspace,
+        )
+
+    def skill(self, skill: str, placement: str) -> dict[str, Any]:
+        """Train ``skill``'s adapter at ``placement``; keep it; its scores where they are
+        used (the ``all`` placement only for the gate).
+
+        ``aware`` (format only): the routed format adapter trained with the routed content
+        adapter on the model, active and frozen, on the format skill's own prompts (no joint
+        data); scored with both active on the format prompts' validation set."""
+        model = RoadModel(self.fresh())
+        if placement == "aware":
+            model.load_adapter(self.adapter("skill/content/routed"), "content")
+        model.add_adapter(skill, self.placement(skill, placement), seed=self.seed)
+        if placement == "aware":
+            model.set_active("content", skill)
+        folder = self.cell(f"{skill}-{placement}")
+        train(model, self.tok, self.train[skill], self.train_config(self.cfg.lr), folder / "run")
+        write_adapter(model.adapter_file(skill), folder / "adapter", overwrite=True)
+        shutil.rmtree(folder / "run")
+        if placement == "aware":
+            return self.scores(model, "validation/format")
+        return self.scores(model, *self.skill_sets(skill, placement))
+
+    def adapter(self, unit: str) -> AdapterFile:
+        """The adapter a skill cell kept (``"skill/content/routed"``)."""
+        _, skill, placement = unit.split("/")
+        return read_adapter(self.cell(f"{skill}-{placement}") / "adapter")
+
+    @staticmethod
+    def skill_sets(skill: str, placement: str) -> tuple[str, ...]:
+        """The prompt sets a skill alone is scored on: its own (validation for the gate, test
+        for retained shares) and the test sentiment prompts (the independence product)."""
+        own = "content" if skill == "content" else "format"
+        if placement == "all":
+            return (f"validation/{own}",)
+        return tuple(dict.fromkeys((f"validation/{own}", f"test/{own}", "test/content")))
+
+    def lora(self, skill: str) -> dict[str, Any]:
+        """Train ``skill``'s LoRA; keep each target's ΔW; its scores on both sets."""
+        from peft import LoraConfig, get_peft_model
+
+        r = self.cfg.lora_rank
+        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"])
+        model = get_peft_model(self.fresh(), config)
+        folder = self.cell(f"lora-{skill}")
+        train(
+            model, self.tok, self.train[skill], self.train_config(self.cfg.lora_lr), folder / "run"
+        )
+        scores = self.scores(model, *self.skill_sets(skill, "lora"))
+        inner = model.get_base_model()
+        deltas = {
+            name: module.get_delta_weight("default").detach().contiguous()
+            for name, module in inner.named_modules()
+            if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {})
+        }
+        save_file(deltas, str(folder / "delta.safetensors"))
+        shutil.rmtree(folder / "run")
+        return scores
+
+    def compose(self, method: str) -> dict[str, Any]:
+        if method == "lora_ta":
+            return self.task_arithmetic()
+        skills = [self.adapter(unit) for unit in COMPOSED_OF[method]]
+        model = RoadModel(self.fresh())
+        if method == "halves":
+            model.load_adapter(union(skills), "composed")
+        else:
+            for name, adapter in zip(SKILLS, skills, strict=True):
+                model.load_adapter(adapter, name)
+            model.set_active(*SKILLS)
+        return self.scores(model, *COMPOSED_SETS)
+
+    def task_arithmetic(self) -> dict[str, Any]:
+        deltas = [load_file(str(self.cell(f"lora-{s}") / "delta.safetensors")) for s in SKILLS]
+        validation = {}
+        for lam in self.cfg.scales:
+            validation[lam] = self.scores(self.merged(deltas, lam), "validation/content")
+        best = max(
+            self.cfg.scales, key=lambda lam: sum(validation[lam]["validation/content"]["joint"])
+        )
+        chosen = self.scores(self.merged(deltas, best), *COMPOSED_SETS)
+        return {**chosen, **validation[best], "strength": best}
+
+    def merged(self, deltas: list[dict[str, torch.Tensor]], lam: float) -> torch.nn.Module:
+        """The base model with W + λ (ΔW_content + ΔW_format) on every LoRA target."""
+        model = self.fresh()
+        with torch.no_grad():
+            for name, delta in deltas[0].items():
+                model.get_submodule(name).weight.add_(lam * (delta + deltas[1][name]))
+        return model
+
+
+# -- the grid ----------------------------------------------------------------------------------
+def cells(cfg: GenConfig, folder: Path) -> Iterator[tuple[str, Callable]]:
+    """Every cell in run order: per seed, the base, the skills, then the compositions."""
+    for seed in cfg.seeds:
+        run = SeedRun(cfg, seed, folder)
+        yield f"{run.prefix}/base", run.base
+        units = {f"skill/{s}/{p}" for s in SKILLS for p in ("halves", "all")}
+        units |= {unit for m in cfg.methods for unit in COMPOSED_OF[m] + ALONE[m]}
+        for unit in sorted(units, key=_run_order):
+            kind, skill, *placement = unit.split("/")
+            if kind == "lora":
+                yield f"{run.prefix}/{unit}", (lambda s=skill, r=run: r.lora(s))
+            else:
+                p = placement[0]
+                yield f"{run.prefix}/{unit}", (lambda s=skill, p=p, r=run: r.skill(s, p))
+        for method in cfg.methods:
+            yield f"{run.prefix}/compose/{method}", (lambda m=method, r=run: r.compose(m))
+
+
+def _run_order(unit: str) -> tuple[bool, bool, str]:
+    """Skills before LoRA; the aware format skill after the content skill it needs."""
+    return unit.startswith("lora"), unit.endswith("/aware"), unit
+
+
+def run_benchmark(
+    cfg: GenConfig, out: str | Path, budget_minutes: float | None = None
+) -> dict[str, Any]:
+    """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "config.json"
+    wanted = json.loads(json.dumps(asdict(cfg)))
+    if settings.exists() and json.loads(settings.read_text()) != wanted:
+        raise ValueError(
+            f"{folder} holds a benchmark with other settings ({settings}); continue it with "
+            "the same preset and settings, or choose another output folder"
+        )
+    settings.write_text(json.dumps(wanted, indent=2) + "\n")
+    (folder / "machine.json").write_text(json.dumps(machine.describe(), indent=2) + "\n")
+    store = ResultStore(folder)
+    started = time.perf_counter()
+    finished = run_cells(cells(cfg, folder), store, budget_minutes)
+    return generation_report.write(cfg, store, folder, finished, time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.composition.generation_bench",
+        description="Content x format composition on SmolLM2 (sentiment x JSON): seeds x "
+        "methods as resumable cells; running it again continues and rewrites the report.",
+    )
+    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=None, help="start no new cell after this long"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=JSON",
+        help=f"override settings, e.g. seeds=[0,1] (fields: {[f.name for f in fields(GenConfig)]})",
+    )
+    args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        value = json.loads(value)
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    summary = run_benchmark(make_config(args.preset, **changes), args.output, args.budget_minutes)
+    print(json.dumps(summary["verdicts"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

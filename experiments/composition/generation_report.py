@@ -1,0 +1,278 @@
+"""The generation benchmark's report, rebuilt from its results store after every sitting.
+
+Writes README.md (the gate, each method's retained shares, joint success against
+independence and against the prompted base, with intervals and verdicts in words),
+results.csv, summary.json and joint.png. Every number comes from the per-item checks in
+``store.jsonl`` (answers included); intervals are paired bootstraps over the test items with
+seeds as rows of the same items.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from road_interp.files import atomic_file
+from road_interp.intervals import paired_bootstrap, verdict
+
+from .bench_report import kept, share
+from .store import ResultStore
+
+if TYPE_CHECKING:
+    from .generation_bench import GenConfig
+
+OWN = {"content": ("content", "content"), "format": ("format", "format")}
+"""skill -> (prompt set, check) that measure it on its own prompts."""
+
+
+def write(
+    cfg: GenConfig, store: ResultStore, folder: Path, finished: bool, seconds: float
+) -> dict[str, Any]:
+    """Rebuild the report from ``store``; returns the summary (also summary.json)."""
+    from .generation_bench import ALONE, SKILLS
+
+    seeds = [s for s in cfg.seeds if all(f"seed{s}/{u}" in store for u in _units(cfg))]
+    summary: dict[str, Any] = {"finished": finished, "seeds": seeds, "gate": {}, "methods": {}}
+    summary["verdicts"] = {}
+    rows = []
+    if seeds:
+        base = lambda split, prompts, check: _scores(store, seeds, "base", split, prompts, check)  # noqa: E731
+        summary["prompted_base_joint"] = _mean_interval(base("test", "prompted", "joint"))
+        for skill in SKILLS:
+            summary["gate"][skill] = _gate(cfg, store, seeds, skill)
+        passed = all(g["passed"] for g in summary["gate"].values())
+        for method in cfg.methods:
+            unit = f"compose/{method}"
+            if not all(f"seed{s}/{unit}" in store for s in seeds):
+                continue
+            alone = dict(zip(SKILLS, ALONE[method], strict=True))
+            entry: dict[str, Any] = {"retained_share": {}}
+            for skill in SKILLS:
+                prompts, check = OWN[skill]
+                arrays = (
+                    _scores(store, seeds, unit, "test", prompts, check),
+                    _scores(store, seeds, alone[skill], "test", prompts, check),
+                    base("test", prompts, check),
+                )
+                interval = paired_bootstrap(share, *arrays)
+                entry["retained_share"][skill] = _listed(interval)
+                rows.append(
+                    {
+                        "method": method,
+                        "skill": skill,
+                        "gate_passed": passed,
+                        "base": round(float(arrays[2].mean()), 4),
+                        "alone": round(float(arrays[1].mean()), 4),
+                        "composed": round(float(arrays[0].mean()), 4),
+                        "share_low": round(interval[0], 4),
+                        "share": round(interval[1], 4),
+                        "share_high": round(interval[2], 4),
+                        "verdict": kept(interval),
+                    }
+                )
+            joint = _scores(store, seeds, unit, "test", "content", "joint")
+            content_alone = _scores(store, seeds, alone["content"], "test", "content", "content")
+            format_alone = _scores(store, seeds, alone["format"], "test", "content", "format")
+            entry["joint_success"] = _mean_interval(joint)
+            independence = paired_bootstrap(
+                lambda j, c, f: j.mean() - c.mean() * f.mean(), joint, content_alone, format_alone
+            )
+            entry["joint_minus_independence"] = _listed(independence)
+            entry["independence_product"] = round(
+                float(content_alone.mean() * format_alone.mean()), 4
+            )
+            prompted = paired_bootstrap(
+                lambda j, p: j.mean() - p.mean(), joint, base("test", "prompted", "joint")
+            )
+            entry["joint_minus_prompted_base"] = _listed(prompted)
+            format_only = _scores(store, seeds, alone["format"], "test", "content", "joint")
+            entry["format_alone_joint"] = _mean_interval(format_only)
+            entry["joint_minus_format_alone"] = _listed(
+                paired_bootstrap(lambda j, f: j.mean() - f.mean(), joint, format_only)
+            )
+            entry["verdict"] = _verdict(passed, entry)
+            summary["methods"][method] = entry
+            summary["verdicts"][method] = entry["verdict"]
+        _vs_lora(store, seeds, summary)
+    table = pd.DataFrame(rows)
+    _write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_text(folder / "results.csv", table.to_csv(index=False))
+    if summary["methods"]:
+        figure = joint_figure(summary)
+        with atomic_file(folder / "joint.png") as tmp:
+            figure.savefig(tmp, dpi=120, format="png")
+        plt.close(figure)
+    _write_text(folder / "README.md", _readme(cfg, summary, table, finished, seconds))
+    return summary
+
+
+def _units(cfg: GenConfig) -> list[str]:
+    """The cells a seed needs before it counts: the base, the gate's skills, every method."""
+    from .generation_bench import SKILLS
+
+    return (
+        ["base"]
+        + [f"skill/{s}/{p}" for s in SKILLS for p in ("halves", "all")]
+        + [f"compose/{m}" for m in cfg.methods]
+    )
+
+
+def _scores(
+    store: ResultStore, seeds: list[int], unit: str, split: str, prompts: str, check: str
+) -> np.ndarray:
+    """(seeds, items) 0/1 array of ``check`` on a unit's answers to ``prompts``."""
+    return np.asarray([store[f"seed{s}/{unit}"][f"{split}/{prompts}"][check] for s in seeds], float)
+
+
+def _gate(cfg: GenConfig, store: ResultStore, seeds: list[int], skill: str) -> dict[str, Any]:
+    """The skill's validation rate over the base's, per placement (mean over seeds)."""
+    prompts, check = OWN[skill]
+    base = _scores(store, seeds, "base", "validation", prompts, check).mean()
+    result: dict[str, Any] = {"metric": check, "base_validation": round(float(base), 4)}
+    passed = True
+    for placement in ("halves", "all", "routed"):  # trained on its own prompts alone
+        unit = f"skill/{skill}/{placement}"
+        if not all(f"seed{s}/{unit}" in store for s in seeds):
+            continue
+        rate = _scores(store, seeds, unit, "validation", prompts, check).mean()
+        result[f"{placement}_validation"] = round(float(rate), 4)
+        passed &= bool(rate - base >= cfg.gate)
+    return {**result, "passed": passed}
+
+
+def _vs_lora(store: ResultStore, seeds: list[int], summary: dict[str, Any]) -> None:
+    """Per RoAd method: its joint success − LoRA task arithmetic's (paired interval)."""
+    if "lora_ta" not in summary["methods"]:
+        return
+    lora = _scores(store, seeds, "compose/lora_ta", "test", "content", "joint")
+    for method, entry in summary["methods"].items():
+        if method == "lora_ta":
+            continue
+        ours = _scores(store, seeds, f"compose/{method}", "test", "content", "joint")
+        entry["joint_vs_lora_task_arithmetic"] = _listed(
+            paired_bootstrap(lambda a, b: a.mean() - b.mean(), ours, lora)
+        )
+
+
+def _verdict(passed: bool, entry: dict[str, Any]) -> str:
+    if not passed:
+        return "a skill failed the learnability gate: not scored"
+    shares = ", ".join(f"{s} kept: {kept(_tuple(v))}" for s, v in entry["retained_share"].items())
+    above_product = verdict(_tuple(entry["joint_minus_independence"]), 0.0)
+    above_prompted = verdict(_tuple(entry["joint_minus_prompted_base"]), 0.0)
+    above_format = verdict(_tuple(entry["joint_minus_format_alone"]), 0.0)
+    return (
+        f"{shares}; joint success ≥ independence product: {above_product}; "
+        f"above the prompted base: {above_prompted}; above the format skill alone: "
+        f"{above_format}"
+    )
+
+
+def _mean_interval(scores: np.ndarray) -> list[float | None]:
+    return _listed(paired_bootstrap(lambda x: x.mean(), scores))
+
+
+def _listed(interval: tuple[float, float, float]) -> list[float | None]:
+    """[low, point, high], rounded; JSON has no NaN, so an undefined end is null."""
+    return [None if math.isnan(v) else round(v, 4) for v in interval]
+
+
+def _tuple(values: list[float | None]) -> tuple[float, float, float]:
+    low, point, high = (math.nan if v is None else v for v in values)
+    return low, point, high
+
+
+def joint_figure(summary: dict[str, Any]) -> plt.Figure:
+    """Joint success per method with its 95% interval, beside the independence product and
+    the prompted base."""
+    methods = list(summary["methods"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(methods), 3.4))
+    x = np.arange(len(methods))
+    joint = np.array([_tuple(summary["methods"][m]["joint_success"]) for m in methods])
+    err = np.vstack([joint[:, 1] - joint[:, 0], joint[:, 2] - joint[:, 1]])
+    ax.bar(x, joint[:, 1], 0.6, yerr=np.nan_to_num(err), capsize=3, label="joint success")
+    product = [summary["methods"][m]["independence_product"] for m in methods]
+    ax.scatter(x, product, marker="_", s=900, color="black", label="independence product")
+    prompted = summary["prompted_base_joint"][1]
+    ax.axhline(prompted, color="grey", linestyle="--", label="prompted base")
+    ax.set_xticks(x, methods)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel('share of {"answer": <gold label>}')
+    ax.set_title("sentiment × JSON on SmolLM2-135M-Instruct (test)")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _readme(
+    cfg: GenConfig, summary: dict[str, Any], table: pd.DataFrame, finished: bool, seconds: float
+) -> str:
+    lines = [
+        "# Generation composition benchmark: sentiment × JSON (SmolLM2-135M-Instruct)",
+        "",
+        "A content skill (review → positive / negative) and a format skill (other questions on "
+        'other sentences → {"answer": "<word>"}), RoAd1 on block outputs, composed; is the '
+        'answer to a sentiment question {"answer": "<gold label>"}? See the module docstring of '
+        "`experiments.composition.generation_bench` for the cells and metrics. Intervals: 95% "
+        "paired bootstrap over test items, seeds as rows.",
+        "",
+        f"Status: {'finished' if finished else 'partial (run the same command again to continue)'}"
+        f"; seeds {summary['seeds']}; this sitting {seconds / 60:.1f} min.",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()),
+        "",
+        "## Learnability gate (validation, mean over seeds)",
+        "",
+        "| skill | metric | base | halves | all planes | routed | passed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for skill, g in summary["gate"].items():
+        cells = [g.get(f"{p}_validation", "–") for p in ("halves", "all", "routed")]
+        lines.append(
+            f"| {skill} | {g['metric']} | {g['base_validation']} | "
+            + " | ".join(map(str, cells))
+            + f" | {'yes' if g['passed'] else 'no'} |"
+        )
+    lines += ["", "## Retained shares (test, each skill on its own prompts)", ""]
+    if len(table):
+        lines += [table.to_string(index=False), ""]
+    lines += [
+        "## Joint success on the sentiment prompts (test)",
+        "",
+        f"Prompted base (asked for JSON in words): {summary.get('prompted_base_joint')}",
+        "",
+        "The format skill alone already answers some sentiment prompts in JSON with the right "
+        "label (the base model's own judgement, formatted): `joint − format alone` is what the "
+        "content skill adds inside the composition.",
+        "",
+        "| method | joint success | independence product | joint − product | joint − prompted "
+        "base | format alone | joint − format alone | joint − LoRA TA |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method, e in summary["methods"].items():
+        lines.append(
+            f"| {method} | {e['joint_success']} | {e['independence_product']} | "
+            f"{e['joint_minus_independence']} | {e['joint_minus_prompted_base']} | "
+            f"{e['format_alone_joint']} | {e['joint_minus_format_alone']} | "
+            f"{e.get('joint_vs_lora_task_arithmetic', '–')} |"
+        )
+    if summary["methods"]:
+        lines += ["", "![joint success](joint.png)"]
+    lines += ["", "## Verdicts", ""]
+    lines += [f"- {k}: {v}" for k, v in summary["verdicts"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
