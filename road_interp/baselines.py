@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .checkpoints import restore_trained
-from .config import RoadConfig
+from .config import TARGET_PRESETS, Positions, RoadConfig
 from .encoding import model_kind, unwrap
 from .evaluation import evaluate
 from .injection import resolve_targets
@@ -77,6 +77,31 @@ class RunSpec:
         },
     )
 
+    targets: str = field(
+        default="default",
+        metadata={
+            "help": "RoAd only: default, all-linear, or comma-separated module patterns (a "
+            "full name, a dotted suffix or a regex: o_proj; model.layers.6,model.layers.12)"
+        },
+    )
+    positions: str | None = field(
+        default=None,
+        metadata={
+            "help": "RoAd only: None acts on each Linear target's output at every token "
+            "(mergeable); all, first:K, last:K, prompt or answer act on the targets' outputs at "
+            "those tokens (e.g. blocks: the residual stream); prompt and answer split a "
+            "sequence, for position routing"
+        },
+    )
+    alongside: str | None = field(
+        default=None,
+        metadata={
+            "help": "RoAd only: an adapter folder loaded frozen and active while this adapter "
+            "trains (interference-aware training: train a skill beside the one it will be "
+            "composed with); it is not saved with the run"
+        },
+    )
+
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(self, f.name, getattr(self, f.name)))
@@ -84,9 +109,24 @@ class RunSpec:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
-        RoadConfig(group_size=self.group_size, subspace=self.subspace)  # validates both
-        if self.subspace is not None and self.method not in ROAD_METHODS:
-            raise ValueError(f"subspace is for RoAd methods {ROAD_METHODS}, not {self.method!r}")
+        self.road_config("road_1")  # validates group size, subspace, targets and positions
+        road_only = ("subspace", "positions", "alongside")
+        for name in road_only + ("targets",):
+            if getattr(self, name) != getattr(RunSpec, name) and self.method not in ROAD_METHODS:
+                raise ValueError(f"{name} is for RoAd methods {ROAD_METHODS}, not {self.method!r}")
+
+    def road_config(self, variant: str) -> RoadConfig:
+        """The RoAd adapter these settings describe."""
+        targets = self.targets
+        if targets not in TARGET_PRESETS:
+            targets = tuple(t.strip() for t in targets.split(",") if t.strip())  # type: ignore[assignment]
+        return RoadConfig(
+            variant=variant,
+            group_size=self.group_size,
+            targets=targets,
+            positions=Positions.parse(self.positions) if self.positions is not None else None,
+            subspace=self.subspace,
+        )
 
 
 def split_settings(data: dict[str, Any]) -> tuple[RunSpec, TrainConfig]:
@@ -126,11 +166,11 @@ def apply_method(model: nn.Module, spec: RunSpec, seed: int = 0) -> nn.Module:
     method = spec.method
     if method in ROAD_METHODS:
         road = RoadModel(model)
-        road.add_adapter(
-            spec.task.replace(".", "_"),
-            RoadConfig(variant=method, group_size=spec.group_size, subspace=spec.subspace),
-            seed=seed,
-        )
+        beside = road.load_adapter(spec.alongside) if spec.alongside is not None else None
+        name = spec.task.replace(".", "_")
+        road.add_adapter(name, spec.road_config(method), seed=seed)
+        if beside is not None:
+            road.set_active(beside, name)  # the loaded adapter stays frozen
         return road
     if method in ("lora", "lora_matched"):
         try:

@@ -39,3 +39,29 @@ def test_train_two_skills_on_disjoint_halves_compose_and_evaluate(tmp_path, caps
         assert main(args + ["--limit", "16", "-o", str(tmp_path / f"{task}.json")]) == 0
         result = json.loads((tmp_path / f"{task}.json").read_text())
         assert result["task"] == task and result["n"] == 16
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_position_routed_skill_trains_beside_a_frozen_one_from_the_cli(tmp_path, capsys):
+    """Position routing and interference-aware training from the command line: skill A on
+    the prompt tokens of block 3, skill B on the answer tokens of block 6 trained with A
+    loaded, active and frozen; B's run saves B alone, and A's file is untouched."""
+    common = ["--model", "smollm2", "--task", "multiemo_en", "--lr", "1e-2", *SMALL]
+    a_run, b_run = tmp_path / "a", tmp_path / "b"
+    a_args = ["--targets", "model.layers.3", "--positions", "prompt", "-o", str(a_run)]
+    assert main(["train", *common, *a_args]) == 0
+    a_before = (a_run / "best" / "road_adapter.safetensors").read_bytes()
+    b_args = ["--targets", "model.layers.6", "--positions", "answer", "-o", str(b_run)]
+    assert main(["train", *common, *b_args, "--alongside", str(a_run / "best")]) == 0
+    b = read_adapter(b_run / "best")
+    assert list(b.params) == ["model.layers.6"] and str(b.config.positions) == "answer"
+    assert (a_run / "best" / "road_adapter.safetensors").read_bytes() == a_before
+    a = read_adapter(a_run / "best")
+    assert list(a.params) == ["model.layers.3"] and str(a.config.positions) == "prompt"
+    assert not all(float(t.abs().max()) == 0 for t, _ in b.params.values())  # B moved
+    lora = ["--method", "lora", "--targets", "model.layers.6", "--positions", "answer"]
+    capsys.readouterr()
+    assert main(["train", *common, *lora, "-o", str(tmp_path / "x")]) == 2
+    assert "is for RoAd methods" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any work
