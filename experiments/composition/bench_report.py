@@ -255,8 +255,9 @@ def _readme(
     lines += [f"- {k}: {v}" for k, v in summary["verdicts"].items()]
     lines += [
         "",
-        "Not run yet: joint multi-task training (the upper bound), generation pairs on "
-        "SmolLM2, interchange interventions with their nulls.",
+        "Not run yet here: joint multi-task training (the upper bound), interchange "
+        "interventions with their nulls. Generation pairs on SmolLM2 are in "
+        "`experiments.composition.generation_bench`.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -129,6 +129,8 @@ class GenConfig:
     """blocks whose output the halves / all placements adapt; routed splits them: the
     content skill takes every other one from the first, the format skill the rest"""
     gate: float = 0.10
+    gate_placements: tuple[str, ...] = ("halves", "all")
+    """placements each skill is trained at for the gate, besides those the methods use"""
     lora_rank: int = 8
     lora_lr: float = 1e-3
     scales: tuple[float, ...] = (0.5, 1.0)
@@ -143,7 +145,8 @@ class GenConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         seeds=(0,),
-        methods=("routed",),
+        methods=("aware",),
+        gate_placements=(),
         steps=30,
         train_examples=240,
         val_examples=16,
@@ -359,9 +362,7 @@ def cells(cfg: GenConfig, folder: Path) -> Iterator[tuple[str, Callable]]:
     for seed in cfg.seeds:
         run = SeedRun(cfg, seed, folder)
         yield f"{run.prefix}/base", run.base
-        units = {f"skill/{s}/{p}" for s in SKILLS for p in ("halves", "all")}
-        units |= {unit for m in cfg.methods for unit in COMPOSED_OF[m] + ALONE[m]}
-        for unit in sorted(units, key=_run_order):
+        for unit in sorted(skill_units(cfg), key=_run_order):
             kind, skill, *placement = unit.split("/")
             if kind == "lora":
                 yield f"{run.prefix}/{unit}", (lambda s=skill, r=run: r.lora(s))
@@ -370,6 +371,12 @@ def cells(cfg: GenConfig, folder: Path) -> Iterator[tuple[str, Callable]]:
                 yield f"{run.prefix}/{unit}", (lambda s=skill, p=p, r=run: r.skill(s, p))
         for method in cfg.methods:
             yield f"{run.prefix}/compose/{method}", (lambda m=method, r=run: r.compose(m))
+
+
+def skill_units(cfg: GenConfig) -> set[str]:
+    """The skill and LoRA cells a seed trains: the gate's placements and every method's."""
+    units = {f"skill/{s}/{p}" for s in SKILLS for p in cfg.gate_placements}
+    return units | {unit for m in cfg.methods for unit in COMPOSED_OF[m] + ALONE[m]}
 
 
 def _run_order(unit: str) -> tuple[bool, bool, str]:

@@ -117,14 +117,10 @@ def write(
 
 
 def _units(cfg: GenConfig) -> list[str]:
-    """The cells a seed needs before it counts: the base, the gate's skills, every method."""
-    from .generation_bench import SKILLS
+    """The cells a seed needs before it counts: the base, every skill, every method."""
+    from .generation_bench import skill_units
 
-    return (
-        ["base"]
-        + [f"skill/{s}/{p}" for s in SKILLS for p in ("halves", "all")]
-        + [f"compose/{m}" for m in cfg.methods]
-    )
+    return ["base", *sorted(skill_units(cfg)), *(f"compose/{m}" for m in cfg.methods)]
 
 
 def _scores(
@@ -140,7 +136,7 @@ def _gate(cfg: GenConfig, store: ResultStore, seeds: list[int], skill: str) -> d
     base = _scores(store, seeds, "base", "validation", prompts, check).mean()
     result: dict[str, Any] = {"metric": check, "base_validation": round(float(base), 4)}
     passed = True
-    for placement in ("halves", "all", "routed"):  # trained on its own prompts alone
+    for placement in ("halves", "all", "routed"):  # those trained on their own prompts alone
         unit = f"skill/{skill}/{placement}"
         if not all(f"seed{s}/{unit}" in store for s in seeds):
             continue
