@@ -1,5 +1,5 @@
 # Quick start:  make demo   (set up, fetch the embedded models and data, run the main job:
-#                            the composition benchmark, quick preset -> results/composition/bench-quick)
+#                            the generation composition benchmark, quick preset -> results/composition/gen-quick)
 #               make test   (set up, lint, type-check, run the test suite)
 PY ?= python3
 VENV ?= .venv
@@ -22,7 +22,7 @@ setup: $(BIN)/road-interp
 PRESET ?= quick
 demo: setup
 	$(BIN)/road-interp demo
-	$(BIN)/python -m experiments.composition.benchmark --preset $(PRESET) -o results/composition/bench-$(PRESET)
+	$(BIN)/python -m experiments.composition.generation_bench --preset $(PRESET) -o results/composition/gen-$(PRESET)
 
 lint: $(BIN)/road-interp
 	$(BIN)/ruff check road_interp tests experiments

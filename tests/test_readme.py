@@ -18,7 +18,7 @@ import pytest
 README = Path(__file__).parent.parent / "README.md"
 
 NOT_RUN = {
-    "make demo": "sets up a venv and runs the E2 experiment (minutes)",
+    "make demo": "sets up a venv and runs the generation benchmark's quick preset (minutes)",
     "make test": "the whole test suite",
     "road-interp train --model minilm --task multiemo_en --method road_1 -o runs/emo": (
         "the full run (the README says: about 47 min); its small version is run"

@@ -39,68 +39,20 @@ def write(
     cfg: GenConfig, store: ResultStore, folder: Path, finished: bool, seconds: float
 ) -> dict[str, Any]:
     """Rebuild the report from ``store``; returns the summary (also summary.json)."""
-    from .generation_bench import ALONE, SKILLS
+    from .generation_bench import SKILLS
 
     seeds = [s for s in cfg.seeds if all(f"seed{s}/{u}" in store for u in _units(cfg))]
     summary: dict[str, Any] = {"finished": finished, "seeds": seeds, "gate": {}, "methods": {}}
     summary["verdicts"] = {}
     rows = []
     if seeds:
-        base = lambda split, prompts, check: _scores(store, seeds, "base", split, prompts, check)  # noqa: E731
-        summary["prompted_base_joint"] = _mean_interval(base("test", "prompted", "joint"))
+        prompted = _scores(store, seeds, "base", "test", "prompted", "joint")
+        summary["prompted_base_joint"] = _mean_interval(prompted)
         for skill in SKILLS:
             summary["gate"][skill] = _gate(cfg, store, seeds, skill)
         passed = all(g["passed"] for g in summary["gate"].values())
-        for method in cfg.methods:
-            unit = f"compose/{method}"
-            if not all(f"seed{s}/{unit}" in store for s in seeds):
-                continue
-            alone = dict(zip(SKILLS, ALONE[method], strict=True))
-            entry: dict[str, Any] = {"retained_share": {}}
-            for skill in SKILLS:
-                prompts, check = OWN[skill]
-                arrays = (
-                    _scores(store, seeds, unit, "test", prompts, check),
-                    _scores(store, seeds, alone[skill], "test", prompts, check),
-                    base("test", prompts, check),
-                )
-                interval = paired_bootstrap(share, *arrays)
-                entry["retained_share"][skill] = _listed(interval)
-                rows.append(
-                    {
-                        "method": method,
-                        "skill": skill,
-                        "gate_passed": passed,
-                        "base": round(float(arrays[2].mean()), 4),
-                        "alone": round(float(arrays[1].mean()), 4),
-                        "composed": round(float(arrays[0].mean()), 4),
-                        "share_low": round(interval[0], 4),
-                        "share": round(interval[1], 4),
-                        "share_high": round(interval[2], 4),
-                        "verdict": kept(interval),
-                    }
-                )
-            joint = _scores(store, seeds, unit, "test", "content", "joint")
-            content_alone = _scores(store, seeds, alone["content"], "test", "content", "content")
-            format_alone = _scores(store, seeds, alone["format"], "test", "content", "format")
-            entry["joint_success"] = _mean_interval(joint)
-            independence = paired_bootstrap(
-                lambda j, c, f: j.mean() - c.mean() * f.mean(), joint, content_alone, format_alone
-            )
-            entry["joint_minus_independence"] = _listed(independence)
-            entry["independence_product"] = round(
-                float(content_alone.mean() * format_alone.mean()), 4
-            )
-            prompted = paired_bootstrap(
-                lambda j, p: j.mean() - p.mean(), joint, base("test", "prompted", "joint")
-            )
-            entry["joint_minus_prompted_base"] = _listed(prompted)
-            format_only = _scores(store, seeds, alone["format"], "test", "content", "joint")
-            entry["format_alone_joint"] = _mean_interval(format_only)
-            entry["joint_minus_format_alone"] = _listed(
-                paired_bootstrap(lambda j, f: j.mean() - f.mean(), joint, format_only)
-            )
-            entry["verdict"] = _verdict(passed, entry)
+        for method in cfg.methods:  # every seed counted has every method's cell
+            entry = _method(store, seeds, method, passed, rows)
             summary["methods"][method] = entry
             summary["verdicts"][method] = entry["verdict"]
         _vs_lora(store, seeds, summary)
@@ -114,6 +66,59 @@ def write(
         plt.close(figure)
     _write_text(folder / "README.md", _readme(cfg, summary, table, finished, seconds))
     return summary
+
+
+def _method(
+    store: ResultStore, seeds: list[int], method: str, passed: bool, rows: list[dict]
+) -> dict[str, Any]:
+    """One method's retained shares (a row per skill appended to ``rows``) and its joint
+    success against independence, the prompted base and the format skill alone."""
+    from .generation_bench import ALONE, SKILLS
+
+    unit = f"compose/{method}"
+    alone = dict(zip(SKILLS, ALONE[method], strict=True))
+    entry: dict[str, Any] = {"retained_share": {}}
+    for skill in SKILLS:
+        prompts, check = OWN[skill]
+        arrays = (
+            _scores(store, seeds, unit, "test", prompts, check),
+            _scores(store, seeds, alone[skill], "test", prompts, check),
+            _scores(store, seeds, "base", "test", prompts, check),
+        )
+        interval = paired_bootstrap(share, *arrays)
+        entry["retained_share"][skill] = _listed(interval)
+        rows.append(
+            {
+                "method": method,
+                "skill": skill,
+                "gate_passed": passed,
+                "base": round(float(arrays[2].mean()), 4),
+                "alone": round(float(arrays[1].mean()), 4),
+                "composed": round(float(arrays[0].mean()), 4),
+                "share_low": round(interval[0], 4),
+                "share": round(interval[1], 4),
+                "share_high": round(interval[2], 4),
+                "verdict": kept(interval),
+            }
+        )
+    joint = _scores(store, seeds, unit, "test", "content", "joint")
+    content_alone = _scores(store, seeds, alone["content"], "test", "content", "content")
+    format_alone = _scores(store, seeds, alone["format"], "test", "content", "format")
+    format_joint = _scores(store, seeds, alone["format"], "test", "content", "joint")
+    prompted = _scores(store, seeds, "base", "test", "prompted", "joint")
+    difference = lambda a, b: a.mean() - b.mean()  # noqa: E731
+    entry["joint_success"] = _mean_interval(joint)
+    entry["independence_product"] = round(float(content_alone.mean() * format_alone.mean()), 4)
+    entry["joint_minus_independence"] = _listed(
+        paired_bootstrap(
+            lambda j, c, f: j.mean() - c.mean() * f.mean(), joint, content_alone, format_alone
+        )
+    )
+    entry["joint_minus_prompted_base"] = _listed(paired_bootstrap(difference, joint, prompted))
+    entry["format_alone_joint"] = _mean_interval(format_joint)
+    entry["joint_minus_format_alone"] = _listed(paired_bootstrap(difference, joint, format_joint))
+    entry["verdict"] = _verdict(passed, entry)
+    return entry
 
 
 def _units(cfg: GenConfig) -> list[str]:
