@@ -197,20 +197,22 @@ def joint_figure(summary: dict[str, Any]) -> plt.Figure:
     """Joint success per method with its 95% interval, beside the independence product and
     the prompted base."""
     methods = list(summary["methods"])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(methods), 3.4))
+    fig, ax = plt.subplots(figsize=(3.6 + 1.4 * len(methods), 3.4))
     x = np.arange(len(methods))
     joint = np.array([_tuple(summary["methods"][m]["joint_success"]) for m in methods])
     err = np.vstack([joint[:, 1] - joint[:, 0], joint[:, 2] - joint[:, 1]])
     ax.bar(x, joint[:, 1], 0.6, yerr=np.nan_to_num(err), capsize=3, label="joint success")
     product = [summary["methods"][m]["independence_product"] for m in methods]
     ax.scatter(x, product, marker="_", s=900, color="black", label="independence product")
+    alone = [summary["methods"][m]["format_alone_joint"][1] for m in methods]
+    ax.scatter(x, alone, marker="o", color="tab:red", label="format skill alone")
     prompted = summary["prompted_base_joint"][1]
     ax.axhline(prompted, color="grey", linestyle="--", label="prompted base")
     ax.set_xticks(x, methods)
     ax.set_ylim(0, 1)
     ax.set_ylabel('share of {"answer": <gold label>}')
     ax.set_title("sentiment × JSON on SmolLM2-135M-Instruct (test)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
