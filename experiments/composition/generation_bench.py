@@ -117,8 +117,8 @@ class GenConfig:
     """per skill; the two skills train on disjoint sentences"""
     content_target: str = "The sentiment of this review is {label}."
     """the content skill's answer: in the base model's own words, so that the skill teaches
-    which label and not a new format (a bare ``"{label}"`` teaches a format of its own, and
-    then no composition keeps the JSON format: see the README's pilot)"""
+    which label rather than a new format (in the pilots the README describes, a bare
+    ``"{label}"`` made the union and the routed composition lose the JSON format)"""
     val_examples: int = 40
     test_examples: int = 300
     """sentiment prompts (content, joint, the prompted base)"""
