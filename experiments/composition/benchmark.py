@@ -34,14 +34,13 @@ summary.json, retained.png) is rebuilt from the store at the end of every sittin
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +59,8 @@ from road_interp.subspaces import model_sizes, train_on
 from road_interp.tasks import get_task
 from road_interp.training import TrainConfig, train
 
-from .. import machine
 from . import bench_report
-from .store import ResultStore, run_cells
+from .store import ResultStore, open_store, parse_cli, run_cells
 
 METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta")
 PLANES = {"halves": "halves", "random": "random", "energy": "energy", "ties": "all"}
@@ -358,56 +356,24 @@ def run_benchmark(
     cfg: BenchConfig, out: str | Path, budget_minutes: float | None = None
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = folder / "config.json"
-    if settings.exists() and json.loads(settings.read_text()) != _jsonable(cfg):
-        raise ValueError(
-            f"{folder} holds a benchmark with other settings ({settings}); continue it with "
-            "the same preset and settings, or choose another output folder"
-        )
-    settings.write_text(json.dumps(_jsonable(cfg), indent=2) + "\n")
-    (folder / "machine.json").write_text(json.dumps(machine.describe(), indent=2) + "\n")
-    store = ResultStore(folder)
+    store = open_store(out, cfg)
     started = time.perf_counter()
-    finished = run_cells(cells(cfg, folder, store), store, budget_minutes)
-    return bench_report.write(cfg, store, folder, finished, time.perf_counter() - started)
-
-
-def _jsonable(cfg: BenchConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg)))
+    finished = run_cells(cells(cfg, store.folder, store), store, budget_minutes)
+    return bench_report.write(cfg, store, store.folder, finished, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    preset, out, budget, changes = parse_cli(
+        argv,
         prog="python -m experiments.composition.benchmark",
         description="The composition benchmark: pairs x methods x seeds as resumable cells; "
         "running it again continues where it stopped and rewrites the report.",
+        presets=PRESETS,
+        config=BenchConfig,
     )
-    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
-    parser.add_argument(
-        "--budget-minutes", type=float, default=None, help="start no new cell after this long"
-    )
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=JSON",
-        help=f"override settings, e.g. seeds=[0,1] (fields: {[f.name for f in fields(BenchConfig)]})",
-    )
-    args = parser.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        changes[key] = _tuples(json.loads(value))
-    summary = run_benchmark(make_config(args.preset, **changes), args.output, args.budget_minutes)
+    summary = run_benchmark(make_config(preset, **changes), out, budget)
     print(json.dumps(summary["verdicts"], indent=2))
     return 0
-
-
-def _tuples(value: Any) -> Any:
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 if __name__ == "__main__":

@@ -46,13 +46,12 @@ the prompted base, each with a paired bootstrap interval.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +71,8 @@ from road_interp.io import AdapterFile, read_adapter, write_adapter
 from road_interp.tasks import Example, get_task
 from road_interp.training import TrainConfig, train
 
-from .. import machine
 from . import generation_report
-from .store import ResultStore, run_cells
+from .store import open_store, parse_cli, run_cells
 
 LABELS = ("positive", "negative")
 CONTENT = "Is the sentiment of this review positive or negative?"
@@ -388,48 +386,24 @@ def run_benchmark(
     cfg: GenConfig, out: str | Path, budget_minutes: float | None = None
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    settings = folder / "config.json"
-    wanted = json.loads(json.dumps(asdict(cfg)))
-    if settings.exists() and json.loads(settings.read_text()) != wanted:
-        raise ValueError(
-            f"{folder} holds a benchmark with other settings ({settings}); continue it with "
-            "the same preset and settings, or choose another output folder"
-        )
-    settings.write_text(json.dumps(wanted, indent=2) + "\n")
-    (folder / "machine.json").write_text(json.dumps(machine.describe(), indent=2) + "\n")
-    store = ResultStore(folder)
+    store = open_store(out, cfg)
     started = time.perf_counter()
-    finished = run_cells(cells(cfg, folder), store, budget_minutes)
-    return generation_report.write(cfg, store, folder, finished, time.perf_counter() - started)
+    finished = run_cells(cells(cfg, store.folder), store, budget_minutes)
+    return generation_report.write(
+        cfg, store, store.folder, finished, time.perf_counter() - started
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    preset, out, budget, changes = parse_cli(
+        argv,
         prog="python -m experiments.composition.generation_bench",
         description="Content x format composition on SmolLM2 (sentiment x JSON): seeds x "
         "methods as resumable cells; running it again continues and rewrites the report.",
+        presets=PRESETS,
+        config=GenConfig,
     )
-    parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
-    parser.add_argument(
-        "--budget-minutes", type=float, default=None, help="start no new cell after this long"
-    )
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=JSON",
-        help=f"override settings, e.g. seeds=[0,1] (fields: {[f.name for f in fields(GenConfig)]})",
-    )
-    args = parser.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        value = json.loads(value)
-        changes[key] = tuple(value) if isinstance(value, list) else value
-    summary = run_benchmark(make_config(args.preset, **changes), args.output, args.budget_minutes)
+    summary = run_benchmark(make_config(preset, **changes), out, budget)
     print(json.dumps(summary["verdicts"], indent=2))
     return 0
 

@@ -9,14 +9,18 @@ budget is spent.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from road_interp.files import atomic_file
+
+from .. import machine
 
 
 class ResultStore:
@@ -80,3 +84,50 @@ def run_cells(
         store.put(key, {**record, "seconds": round(time.perf_counter() - t0, 1)})
         log(f"done {key} ({time.perf_counter() - t0:.0f} s)")
     return True
+
+
+def open_store(out: str | Path, cfg: Any) -> ResultStore:
+    """The store of the experiment folder ``out`` for settings ``cfg`` (a dataclass): refuses
+    a folder that holds other settings, records the settings and the machine."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = folder / "config.json"
+    wanted = json.loads(json.dumps(asdict(cfg)))
+    if settings.exists() and json.loads(settings.read_text()) != wanted:
+        raise ValueError(
+            f"{folder} holds a benchmark with other settings ({settings}); continue it with "
+            "the same preset and settings, or choose another output folder"
+        )
+    settings.write_text(json.dumps(wanted, indent=2) + "\n")
+    (folder / "machine.json").write_text(json.dumps(machine.describe(), indent=2) + "\n")
+    return ResultStore(folder)
+
+
+def parse_cli(
+    argv: list[str] | None, prog: str, description: str, presets: Iterable[str], config: type
+) -> tuple[str, str, float | None, dict[str, Any]]:
+    """A benchmark's command line: (preset, output folder, budget minutes, setting changes
+    from ``--set KEY=JSON``, lists read as tuples)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--preset", default="quick", choices=sorted(presets))
+    parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=None, help="start no new cell after this long"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=JSON",
+        help=f"override settings, e.g. seeds=[0,1] (fields: {[f.name for f in fields(config)]})",
+    )
+    args = parser.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        changes[key] = _tuples(json.loads(value))
+    return args.preset, args.output, args.budget_minutes, changes
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
