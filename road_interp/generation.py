@@ -102,6 +102,17 @@ def label_check(labels: Sequence[str]) -> Check:
     return lambda answer, gold: first_label(answer, labels) == gold
 
 
+def first_number(answer: str) -> str | None:
+    """The first integer written in digits in ``answer`` (a leading minus kept), or None."""
+    found = re.search(r"-?\d+", answer)
+    return found.group() if found else None
+
+
+def number_check(answer: str, gold: str) -> bool:
+    """A check: the first integer in the answer is the gold one (``"3"``)."""
+    return first_number(answer) == gold.strip()
+
+
 def json_answer(answer: str) -> str | None:
     """The ``"answer"`` field of the JSON object the answer's first line is, as text; None
     if the line is not such an object."""

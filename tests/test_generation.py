@@ -15,6 +15,7 @@ from road_interp.generation import (
     json_check,
     json_gold_check,
     label_check,
+    number_check,
     score,
 )
 
@@ -26,6 +27,14 @@ def test_first_label_is_the_earliest_whole_word():
     assert first_label('{"answer": "positive"}', LABELS) == "positive"
     assert first_label("positively negative", LABELS) == "negative"  # whole words only
     assert first_label("no idea", LABELS) is None
+
+
+def test_number_check_reads_the_first_integer():
+    assert number_check("The answer is 3.", "3")
+    assert number_check('{"answer": "12"}', " 12")
+    assert not number_check("The letter appears 2 times in 3 words.", "3")
+    assert not number_check("three", "3")
+    assert not number_check("The answer is 3.", '{"answer": "It"}')  # not a number: no match
 
 
 def test_json_answer_reads_the_first_line_only():

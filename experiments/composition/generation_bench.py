@@ -2,15 +2,18 @@
 with the right content in the right format?
 
     python -m experiments.composition.generation_bench --preset quick -o results/composition/gen-quick
+    python -m experiments.composition.generation_bench --preset quick --set pair='"letters"' -o ...
 
-A pair is a **content** skill (sentiment: a review → "The sentiment of this review is
-positive.", the base model's own phrasing) and a **format** skill (JSON: other instructions on
-other sentences → ``{"answer": "<word>"}``). Their joint output ``{"answer": "positive"}`` is
-made only of tokens the two skills emit, and neither skill ever saw it. Per seed, as
-resumable cells of a results store (`experiments.composition.store`):
+A pair (`PAIRS`) is a **content** skill and a **format** skill (JSON: other instructions on
+other sentences → ``{"answer": "<word>"}``). The content skill is ``sentiment`` (a review →
+"The sentiment of this review is positive.", the base model's own phrasing) or ``letters``
+(how often does a letter occur in a few words → "The answer is 3."). Their joint output
+(``{"answer": "positive"}``, ``{"answer": "3"}``) is made only of tokens the two skills emit,
+and neither skill ever saw it. Per seed, as resumable cells of a results store
+(`experiments.composition.store`):
 
-- ``base``: the base model on the sentiment prompts, on the format prompts, and on the
-  sentiment prompts with an explicit JSON instruction (the **prompted base**: what asking
+- ``base``: the base model on the content prompts, on the format prompts, and on the
+  content prompts with an explicit JSON instruction (the **prompted base**: what asking
   gets);
 - ``skill/<content|format>/<placement>``: RoAd1 on block outputs (the residual stream),
   trained on its own prompts, with placement
@@ -32,16 +35,17 @@ then each method's composed model (`COMPOSED_OF`):
 - ``lora_ta``: task arithmetic W + λ (ΔW_content + ΔW_format), λ picked on validation
   (the best joint success).
 
-Metrics per item (`road_interp.generation`): ``content`` (the first label in the answer is
-the gold one), ``format`` (the first line is a JSON object with an ``answer`` field),
-``joint`` (its ``answer`` field is the gold label). **Gate**: each skill beats the base by
-≥ 10 points on validation (content accuracy on sentiment prompts, format validity on format
+Metrics per item (`road_interp.generation`): ``content`` (the first label, or number, in
+the answer is the gold one), ``format`` (the first line is a JSON object with an ``answer``
+field), ``joint`` (its ``answer`` field is the gold). **Gate**: each skill beats the base by
+≥ 10 points on validation (content accuracy on content prompts, format validity on format
 prompts) at every placement it was trained alone at. **Retained share** of a skill:
 (composed − base) / (alone − base) on its own prompts and metric, "alone" being the skill
-trained on its own (`ALONE`). **Joint success** of a composition on the sentiment prompts is
+trained on its own (`ALONE`). **Joint success** of a composition on the content prompts is
 compared with the product of its skills' single rates (content accuracy of the content skill
-alone × format validity of the format skill alone, both on the sentiment prompts) and with
-the prompted base, each with a paired bootstrap interval.
+alone × format validity of the format skill alone, both on the content prompts), with the
+prompted base, and with the format skill alone (which wraps what the base model already
+knows), each with a paired bootstrap interval.
 """
 
 from __future__ import annotations
@@ -60,11 +64,13 @@ from safetensors.torch import load_file, save_file
 
 from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, union
 from road_interp.generation import (
+    Check,
     answers,
     chat_examples,
     json_check,
     json_gold_check,
     label_check,
+    number_check,
     score,
 )
 from road_interp.io import AdapterFile, read_adapter, write_adapter
@@ -74,14 +80,53 @@ from road_interp.training import TrainConfig, train
 from . import generation_report
 from .store import open_store, parse_cli, run_cells
 
-LABELS = ("positive", "negative")
-CONTENT = "Is the sentiment of this review positive or negative?"
-PROMPTED = CONTENT + ' Answer in JSON, as {"answer": "positive"} or {"answer": "negative"}.'
+SENTIMENT = "Is the sentiment of this review positive or negative?"
 FORMAT = (
     "What is the first word of this sentence?",
     "What is the last word of this sentence?",
 )
-"""The format skill's instructions, alternated over its sentences."""
+"""The format skill's instructions, alternated over its sentences (MultiEmo reviews)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A content skill to compose with the JSON format skill.
+
+    ``task`` gives the content items (its ``text`` fills ``prompt``'s ``{input}``, its answer
+    is the gold); ``target`` is the content skill's training answer (``{label}``: the gold);
+    ``prompted`` asks the base for the joint answer in words; ``check`` tells a right answer
+    (the first label or number in it is the gold one)."""
+
+    title: str
+    task: str
+    prompt: str
+    target: str
+    prompted: str
+    check: Check
+
+
+PAIRS = {
+    "sentiment": Pair(
+        title="sentiment × JSON",
+        task="multiemo_en",
+        prompt=SENTIMENT + "\n{input}",
+        target="The sentiment of this review is {label}.",
+        prompted=SENTIMENT
+        + ' Answer in JSON, as {{"answer": "positive"}} or {{"answer": "negative"}}.\n{input}',
+        check=label_check(("positive", "negative")),
+    ),
+    "letters": Pair(
+        title="letter counting × JSON",
+        task="gym_letter_counting",
+        prompt="{input}",
+        target="The answer is {label}.",
+        prompted='{input} Answer in JSON, as {{"answer": "<the count in digits>"}}.',
+        check=number_check,
+    ),
+}
+"""``sentiment``: a review's label, which the base model half knows (the format skill alone
+wraps its own judgement); ``letters``: how often a letter occurs in a few words
+(reasoning-gym), which the base model cannot do, so only the content skill brings it."""
 METHODS = ("halves", "routed", "aware", "lora_ta")
 SKILLS = ("content", "format")
 COMPOSED_OF = {
@@ -95,7 +140,7 @@ ALONE = COMPOSED_OF | {"aware": COMPOSED_OF["routed"]}
 """The cells each method's skills are measured alone by: each skill trained on its own (for
 ``aware``, the format skill trained without the content skill)."""
 COMPOSED_SETS = ("test/content", "test/format")
-"""A composed model's prompt sets: the sentiment prompts (content, joint) and the format
+"""A composed model's prompt sets: the content prompts (content, joint) and the format
 skill's own (format retained)."""
 BASE_SETS = ("validation/content", "validation/format", "test/content", "test/format")
 BASE_SETS += ("test/prompted",)
@@ -105,6 +150,8 @@ BASE_SETS += ("test/prompted",)
 class GenConfig:
     """Settings of the generation benchmark (defaults: the full run)."""
 
+    pair: str = "sentiment"
+    """the content skill (`PAIRS`)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
     steps: int = 60
@@ -113,13 +160,14 @@ class GenConfig:
     lr: float = 1e-2
     train_examples: int = 1000
     """per skill; the two skills train on disjoint sentences"""
-    content_target: str = "The sentiment of this review is {label}."
-    """the content skill's answer: in the base model's own words, so that the skill teaches
-    which label rather than a new format (in the pilots the README describes, a bare
-    ``"{label}"`` made the union and the routed composition lose the JSON format)"""
+    content_target: str | None = None
+    """the content skill's answer (None: the pair's ``target``; for sentiment in the base
+    model's own words, so that the skill teaches which label rather than a new format: in
+    the pilots the README describes, a bare ``"{label}"`` made the union and the routed
+    composition lose the JSON format)"""
     val_examples: int = 40
     test_examples: int = 300
-    """sentiment prompts (content, joint, the prompted base)"""
+    """content prompts (content, joint, the prompted base)"""
     format_test_examples: int = 100
     """the format skill's own prompts"""
     max_new_tokens: int = 10
@@ -135,6 +183,8 @@ class GenConfig:
     """task arithmetic's λ, picked on validation"""
 
     def __post_init__(self) -> None:
+        if self.pair not in PAIRS:
+            raise ValueError(f"unknown pair {self.pair!r}; choose from {sorted(PAIRS)}")
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
@@ -174,14 +224,15 @@ class SeedRun:
     def __init__(self, cfg: GenConfig, seed: int, folder: Path):
         self.cfg, self.seed, self.folder = cfg, seed, folder
         self.tok = load_tokenizer("smollm2")
-        task = get_task("multiemo_en")
+        self.pair = pair = PAIRS[cfg.pair]
+        reviews, content = get_task("multiemo_en"), get_task(pair.task)
+        shared = pair.task == reviews.name  # content and format skills split one pool
         n = cfg.train_examples
-        pool = task.examples("train", 2 * n, seed)  # disjoint sentences for the two skills
-        target = cfg.content_target
+        pool = reviews.examples("train", 2 * n, seed)  # the format skill's sentences: pool[n:]
+        own = pool[:n] if shared else content.examples("train", n, seed)
+        target = cfg.content_target or pair.target
         self.train = {
-            "content": chat_examples(
-                self.tok, [(CONTENT, e.text, target.format(label=e.answer)) for e in pool[:n]]
-            ),
+            "content": self.content_examples(own, pair.prompt, target),
             "format": self.format_examples(pool[n:]),
         }
         self.prompts: dict[str, list[str]] = {}
@@ -190,16 +241,24 @@ class SeedRun:
             ("validation", cfg.val_examples, cfg.val_examples),
             ("test", cfg.test_examples, cfg.format_test_examples),
         ):
-            items = task.examples(split, limit + fmt_limit, 0)
-            asked = (("content", CONTENT),) + ((("prompted", PROMPTED),) if split == "test" else ())
-            for name, instruction in asked:
-                triples = [(instruction, e.text, e.answer) for e in items[:limit]]
-                self.add_set(f"{split}/{name}", chat_examples(self.tok, triples))
+            items = reviews.examples(split, limit + fmt_limit, 0)
+            own = items[:limit] if shared else content.examples(split, limit, 0)
+            self.add_set(f"{split}/content", self.content_examples(own, pair.prompt))
+            if split == "test":
+                self.add_set("test/prompted", self.content_examples(own, pair.prompted))
             self.add_set(f"{split}/format", self.format_examples(items[limit:]))
 
     def add_set(self, key: str, examples: list[Example]) -> None:
         self.prompts[key] = [e.text for e in examples]
         self.golds[key] = [e.answer for e in examples]
+
+    def content_examples(
+        self, items: list[Example], prompt: str, target: str = "{label}"
+    ) -> list[Example]:
+        """Chat examples of the content skill: ``prompt`` around each item's text, the answer
+        ``target`` around its gold label (the bare label by default: the gold to score)."""
+        triples = [("", e.text, target.format(label=e.answer)) for e in items]
+        return chat_examples(self.tok, triples, prompt)
 
     def format_examples(self, items: list[Example]) -> list[Example]:
         triples = []
@@ -233,7 +292,7 @@ class SeedRun:
 
     def scores(self, model: torch.nn.Module, *sets: str) -> dict[str, Any]:
         """Per prompt set (``"test/content"``, ...): every answer and its 0/1 checks."""
-        checks = {"content": label_check(LABELS), "format": json_check, "joint": json_gold_check}
+        checks = {"content": self.pair.check, "format": json_check, "joint": json_gold_check}
         out: dict[str, Any] = {}
         for key in sets:
             generated = answers(
@@ -293,7 +352,7 @@ class SeedRun:
     @staticmethod
     def skill_sets(skill: str, placement: str) -> tuple[str, ...]:
         """The prompt sets a skill alone is scored on: its own (validation for the gate, test
-        for retained shares) and the test sentiment prompts (the independence product)."""
+        for retained shares) and the test content prompts (the independence product)."""
         own = "content" if skill == "content" else "format"
         if placement == "all":
             return (f"validation/{own}",)
@@ -398,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     preset, out, budget, changes = parse_cli(
         argv,
         prog="python -m experiments.composition.generation_bench",
-        description="Content x format composition on SmolLM2 (sentiment x JSON): seeds x "
+        description="Content x format composition on SmolLM2 (sentiment or letter counting x "
+        "JSON, --set pair='\"letters\"'): seeds x "
         "methods as resumable cells; running it again continues and rewrites the report.",
         presets=PRESETS,
         config=GenConfig,

@@ -39,7 +39,7 @@ def write(
     cfg: GenConfig, store: ResultStore, folder: Path, finished: bool, seconds: float
 ) -> dict[str, Any]:
     """Rebuild the report from ``store``; returns the summary (also summary.json)."""
-    from .generation_bench import SKILLS
+    from .generation_bench import PAIRS, SKILLS
 
     seeds = [s for s in cfg.seeds if all(f"seed{s}/{u}" in store for u in _units(cfg))]
     summary: dict[str, Any] = {"finished": finished, "seeds": seeds, "gate": {}, "methods": {}}
@@ -60,7 +60,7 @@ def write(
     _write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     _write_text(folder / "results.csv", table.to_csv(index=False))
     if summary["methods"]:
-        figure = joint_figure(summary)
+        figure = joint_figure(summary, PAIRS[cfg.pair].title)
         with atomic_file(folder / "joint.png") as tmp:
             figure.savefig(tmp, dpi=120, format="png")
         plt.close(figure)
@@ -193,7 +193,7 @@ def _tuple(values: list[float | None]) -> tuple[float, float, float]:
     return low, point, high
 
 
-def joint_figure(summary: dict[str, Any]) -> plt.Figure:
+def joint_figure(summary: dict[str, Any], title: str) -> plt.Figure:
     """Joint success per method with its 95% interval, beside the independence product and
     the prompted base."""
     methods = list(summary["methods"])
@@ -211,7 +211,7 @@ def joint_figure(summary: dict[str, Any]) -> plt.Figure:
     ax.set_xticks(x, methods)
     ax.set_ylim(0, 1)
     ax.set_ylabel('share of {"answer": <gold label>}')
-    ax.set_title("sentiment × JSON on SmolLM2-135M-Instruct (test)")
+    ax.set_title(f"{title} on SmolLM2-135M-Instruct (test)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
@@ -220,12 +220,15 @@ def joint_figure(summary: dict[str, Any]) -> plt.Figure:
 def _readme(
     cfg: GenConfig, summary: dict[str, Any], table: pd.DataFrame, finished: bool, seconds: float
 ) -> str:
+    from .generation_bench import PAIRS
+
+    pair = PAIRS[cfg.pair]
     lines = [
-        "# Generation composition benchmark: sentiment × JSON (SmolLM2-135M-Instruct)",
+        f"# Generation composition benchmark: {pair.title} (SmolLM2-135M-Instruct)",
         "",
-        "A content skill (review → positive / negative) and a format skill (other questions on "
-        'other sentences → {"answer": "<word>"}), RoAd1 on block outputs, composed; is the '
-        'answer to a sentiment question {"answer": "<gold label>"}? See the module docstring of '
+        f"A content skill ({pair.task}) and a format skill (other questions on other sentences "
+        '→ {"answer": "<word>"}), RoAd1 on block outputs, composed; is the answer to a content '
+        'question {"answer": "<gold>"}? See the module docstring of '
         "`experiments.composition.generation_bench` for the cells and metrics. Intervals: 95% "
         "paired bootstrap over test items, seeds as rows.",
         "",
@@ -250,12 +253,12 @@ def _readme(
     if len(table):
         lines += [table.to_string(index=False), ""]
     lines += [
-        "## Joint success on the sentiment prompts (test)",
+        "## Joint success on the content prompts (test)",
         "",
         f"Prompted base (asked for JSON in words): {summary.get('prompted_base_joint')}",
         "",
-        "The format skill alone already answers some sentiment prompts in JSON with the right "
-        "label (the base model's own judgement, formatted): `joint − format alone` is what the "
+        "The format skill alone may already answer some content prompts in JSON with the right "
+        "answer (the base model's own judgement, formatted): `joint − format alone` is what the "
         "content skill adds inside the composition.",
         "",
         "| method | joint success | independence product | joint − product | joint − prompted "
