@@ -1,0 +1,205 @@
+"""One page over every composition benchmark folder: per pair, the gate and each method's
+retained shares and difference to LoRA task arithmetic, and the issue's targets across pairs.
+
+    python -m experiments.composition.overview experiments/composition/results
+
+Reads each ``<results>/<folder>/summary.json`` that a benchmark wrote (the classification
+benchmark's ``pairs``, or one generation pair's ``gate`` / ``methods``) and writes
+``<results>/summary.json`` and ``<results>/README.md``. Per pair::
+
+    {"benchmark": folder, "kind": "classification" | "generation", "seeds": [...],
+     "gate": {skill: passed}, "scored": all passed,
+     "methods": {method: {"retained_share": {skill: [low, point, high]},
+                          "vs_lora_task_arithmetic": [low, point, high] | per skill | words,
+                          "verdict": words}}}
+
+``vs_lora_task_arithmetic`` is the paired difference to LoRA task arithmetic: per skill in
+retained share for classification, in joint success for generation (words where it was not
+run). Targets, over the pairs
+that passed the gate: the best RoAd method keeps each skill (`bench_report.kept`), beats
+LoRA task arithmetic on at least half of the pairs, and on generation pairs has joint
+success above the independence product and above the prompted base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from road_interp.files import atomic_file
+from road_interp.intervals import verdict
+
+from .bench_report import kept
+
+BASELINES = ("lora_ta", "lora_ties", "joint")
+"""Methods that are not RoAd compositions (never the 'best RoAd method')."""
+
+
+def collect(results: Path) -> dict[str, dict[str, Any]]:
+    """Every scored or gated pair under ``results``, keyed ``<folder>/<pair>``."""
+    pairs: dict[str, dict[str, Any]] = {}
+    for path in sorted(results.glob("*/summary.json")):
+        folder, summary = path.parent.name, json.loads(path.read_text())
+        if "pairs" in summary:  # the classification benchmark: several pairs per folder
+            for name, pair in summary["pairs"].items():
+                verdicts = {
+                    method: summary["verdicts"].get(f"{name}/{method}", "")
+                    for method in pair["methods"]
+                }
+                pairs[f"{folder}/{name}"] = _classification(folder, pair, verdicts)
+        elif summary.get("seeds"):
+            settings = json.loads((path.parent / "config.json").read_text())
+            pairs[f"{folder}/{settings.get('pair', 'sentiment')}"] = _generation(folder, summary)
+    return pairs
+
+
+def _classification(folder: str, pair: dict[str, Any], verdicts: dict) -> dict[str, Any]:
+    gate = {skill: g["passed"] for skill, g in pair["gate"].items()}
+    methods = {
+        method: {
+            "retained_share": entry["retained_share"],
+            "vs_lora_task_arithmetic": entry.get("vs_lora_task_arithmetic"),
+            "verdict": verdicts[method],
+        }
+        for method, entry in pair["methods"].items()
+    }
+    return _entry(folder, "classification", pair["seeds"], gate, methods)
+
+
+def _generation(folder: str, summary: dict[str, Any]) -> dict[str, Any]:
+    gate = {skill: g["passed"] for skill, g in summary["gate"].items()}
+    methods = {
+        method: {
+            "retained_share": entry["retained_share"],
+            "vs_lora_task_arithmetic": entry.get("joint_vs_lora_task_arithmetic"),
+            "joint_success": entry["joint_success"],
+            "joint_minus_independence": entry["joint_minus_independence"],
+            "joint_minus_prompted_base": entry["joint_minus_prompted_base"],
+            "verdict": entry["verdict"],
+        }
+        for method, entry in summary["methods"].items()
+    }
+    return _entry(folder, "generation", summary["seeds"], gate, methods)
+
+
+def _entry(folder: str, kind: str, seeds: list, gate: dict, methods: dict) -> dict[str, Any]:
+    scored = bool(gate) and all(gate.values())
+    return dict(benchmark=folder, kind=kind, seeds=seeds, gate=gate, scored=scored, methods=methods)
+
+
+def best_method(pair: dict[str, Any]) -> str | None:
+    """The RoAd method with the highest joint success (generation) or smallest retained
+    share (classification), point estimates."""
+    road = {m: e for m, e in pair["methods"].items() if m not in BASELINES}
+    if not road:
+        return None
+    if pair["kind"] == "generation":
+        return max(road, key=lambda m: road[m]["joint_success"][1])
+    return max(road, key=lambda m: min(s[1] for s in road[m]["retained_share"].values()))
+
+
+def targets(pairs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The issue's three targets over the pairs that passed the gate, in words."""
+    scored = {name: p for name, p in pairs.items() if p["scored"] and best_method(p)}
+    if not scored:
+        return {"every target": "not established: no pair passed the gate and was scored"}
+    keeps, beats, joint = [], [], []
+    for pair in scored.values():
+        entry = pair["methods"][best_method(pair)]
+        keeps.append(all(kept(tuple(s)) == "met" for s in entry["retained_share"].values()))
+        beats.append(_beats(entry["vs_lora_task_arithmetic"]))
+        if pair["kind"] == "generation":
+            joint.append(
+                verdict(tuple(entry["joint_minus_independence"]), 0.0) == "met"
+                and verdict(tuple(entry["joint_minus_prompted_base"]), 0.0) == "met"
+            )
+    n = len(scored)
+    out = {
+        "pairs scored": f"{n} of {len(pairs)} ({', '.join(scored)})",
+        "best RoAd method keeps >= 95% of each skill's gain (low end >= 85%) on every pair": (
+            f"{'met' if all(keeps) else 'not met'} ({sum(keeps)} of {n} pairs)"
+        ),
+        "beats LoRA task arithmetic (interval above 0) on at least half of the pairs": (
+            f"{'met' if 2 * sum(beats) >= n else 'not met'} ({sum(beats)} of {n} pairs)"
+        ),
+    }
+    if joint:
+        out["generation: joint success above the independence product and the prompted base"] = (
+            f"{'met' if all(joint) else 'not met'} ({sum(joint)} of {len(joint)} pairs)"
+        )
+    return out
+
+
+def _beats(vs: Any) -> bool:
+    """Whether a difference to LoRA TA (an interval, or one per skill) is above 0 throughout."""
+    if isinstance(vs, dict):
+        return bool(vs) and all(_beats(v) for v in vs.values())
+    return isinstance(vs, list) and verdict(tuple(vs), 0.0) == "met"
+
+
+def write(results: str | Path) -> dict[str, Any]:
+    """Collect the pairs under ``results``; write its summary.json and README.md."""
+    results = Path(results)
+    pairs = collect(results)
+    for pair in pairs.values():
+        pair["best_road_method"] = best_method(pair)
+    summary = {"pairs": pairs, "targets": targets(pairs)}
+    with atomic_file(results / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_file(results / "README.md") as tmp:
+        tmp.write_text(_readme(summary))
+    return summary
+
+
+def _readme(summary: dict[str, Any]) -> str:
+    lines = [
+        "# Composition results: every pair",
+        "",
+        "Written by `python -m experiments.composition.overview experiments/composition/results`"
+        " from each benchmark folder's summary.json (each folder's README has the details). "
+        "Intervals: 95% paired bootstrap over test items, seeds as rows; shares are "
+        "(composed − base) / (alone − base).",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += [f"- {target}: **{words}**" for target, words in summary["targets"].items()]
+    lines += [
+        "",
+        "## Pairs",
+        "",
+        "| pair | kind | seeds | gate | method | retained shares | vs LoRA TA | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, pair in summary["pairs"].items():
+        gate = ", ".join(f"{s} {'passed' if ok else 'failed'}" for s, ok in pair["gate"].items())
+        if not pair["methods"]:
+            lines.append(f"| {name} | {pair['kind']} | {pair['seeds']} | {gate} | – | – | – | "
+                         "not scored |")  # fmt: skip
+        for method, e in pair["methods"].items():
+            shares = "; ".join(f"{s} {v}" for s, v in e["retained_share"].items())
+            best = " (best RoAd)" if method == pair["best_road_method"] else ""
+            lines.append(
+                f"| {name} | {pair['kind']} | {pair['seeds']} | {gate} | {method}{best} | "
+                f"{shares} | {e['vs_lora_task_arithmetic'] or '–'} | {e['verdict']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.composition.overview",
+        description="Summarize every composition benchmark folder under RESULTS into "
+        "RESULTS/summary.json and RESULTS/README.md (per pair: gate, retained shares, vs LoRA "
+        "task arithmetic; the targets across pairs).",
+    )
+    parser.add_argument("results", nargs="?", default="experiments/composition/results")
+    summary = write(parser.parse_args(argv).results)
+    print(json.dumps(summary["targets"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

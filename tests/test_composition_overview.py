@@ -1,0 +1,63 @@
+"""The overview over composition benchmark folders: pairs collected, best method, targets."""
+
+from __future__ import annotations
+
+import json
+
+from experiments.composition import overview
+
+
+def _generation_summary(joint: dict[str, float], lora_gap: list[float]) -> dict:
+    def method(point: float) -> dict:
+        return {
+            "retained_share": {"content": [0.9, 0.97, 1.05], "format": [0.95, 1.0, 1.02]},
+            "joint_success": [point - 0.05, point, point + 0.05],
+            "joint_minus_independence": [0.01, 0.05, 0.1],
+            "joint_minus_prompted_base": [0.1, 0.2, 0.3],
+            "joint_vs_lora_task_arithmetic": lora_gap,
+            "verdict": "words",
+        }
+
+    return {
+        "seeds": [0, 1, 2],
+        "gate": {"content": {"passed": True}, "format": {"passed": True}},
+        "methods": {m: method(p) for m, p in joint.items()},
+    }
+
+
+def _folder(root, name: str, summary: dict, config: dict) -> None:
+    (root / name).mkdir()
+    (root / name / "summary.json").write_text(json.dumps(summary))
+    (root / name / "config.json").write_text(json.dumps(config))
+
+
+def test_overview_collects_pairs_and_states_each_target(tmp_path):
+    _folder(tmp_path, "gen", _generation_summary({"routed": 0.1, "aware": 0.7}, [0.1, 0.2, 0.3]),
+            {"pair": "letters"})  # fmt: skip
+    gated_out = {
+        "pairs": {
+            "a+b": {
+                "seeds": [0],
+                "gate": {"a": {"passed": False}, "b": {"passed": True}},
+                "methods": {},
+            }
+        },
+        "verdicts": {},
+    }
+    _folder(tmp_path, "cls", gated_out, {})
+    summary = overview.write(tmp_path)
+    pairs = summary["pairs"]
+    assert set(pairs) == {"gen/letters", "cls/a+b"}
+    assert not pairs["cls/a+b"]["scored"] and pairs["gen/letters"]["scored"]
+    assert pairs["gen/letters"]["best_road_method"] == "aware"  # highest joint success
+    words = " ".join(summary["targets"].values())
+    assert words.count("met (1 of 1 pairs)") == 3 and "not met" not in words
+    assert "| gen/letters | generation |" in (tmp_path / "README.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_a_gap_to_lora_inside_the_noise_does_not_count_as_beating_it(tmp_path):
+    _folder(tmp_path, "gen", _generation_summary({"aware": 0.7}, [-0.02, 0.03, 0.08]), {})
+    targets = overview.write(tmp_path)["targets"]
+    beats = next(v for k, v in targets.items() if k.startswith("beats LoRA"))
+    assert beats == "not met (0 of 1 pairs)"
