@@ -85,7 +85,8 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
 
     cfg = make_config(
         "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
-        methods=("halves", "routed", "aware", "lora_ta"), scales=(1.0,),
+        methods=("halves", "routed", "aware", "aware_tuned", "lora_ta"), scales=(1.0,),
+        content_scales=(1.0, 2.0),
     )  # fmt: skip
     summary = run_benchmark(cfg, tmp_path)
     assert summary["finished"] and summary["seeds"] == [0]
@@ -97,7 +98,8 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     assert set(summary["gate"]) == {"content", "format"}
     assert set(summary["gate"]["format"]) >= {"halves_validation", "routed_validation"}
     assert set(store["seed0/skill/format/aware"]) == {"validation/format", "key", "seconds"}
-    for method in ("halves", "routed", "aware"):
+    assert store["seed0/compose/aware_tuned"]["strength"] in (1.0, 2.0)
+    for method in ("halves", "routed", "aware", "aware_tuned"):
         entry = summary["methods"][method]
         low, point, high = entry["joint_minus_prompted_base"]
         assert low <= point <= high

@@ -32,6 +32,8 @@ then each method's composed model (`COMPOSED_OF`):
 - ``halves``: `road_interp.compose.union` of the two half-plane skills;
 - ``routed``: both routed skills active on one model (they never act on the same token);
 - ``aware``: the routed content skill with the aware format skill;
+- ``aware_tuned``: the same with the content skill's strength λ (θ → λθ, α → α^λ,
+  `road_interp.compose.scale`) picked on validation (the best joint success);
 - ``lora_ta``: task arithmetic W + λ (ΔW_content + ΔW_format), λ picked on validation
   (the best joint success).
 
@@ -62,7 +64,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, union
+from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, scale, union
 from road_interp.generation import (
     Check,
     answers,
@@ -127,16 +129,17 @@ PAIRS = {
 """``sentiment``: a review's label, which the base model half knows (the format skill alone
 wraps its own judgement); ``letters``: how often a letter occurs in a few words
 (reasoning-gym), which the base model cannot do, so only the content skill brings it."""
-METHODS = ("halves", "routed", "aware", "lora_ta")
+METHODS = ("halves", "routed", "aware", "aware_tuned", "lora_ta")
 SKILLS = ("content", "format")
 COMPOSED_OF = {
     "halves": ("skill/content/halves", "skill/format/halves"),
     "routed": ("skill/content/routed", "skill/format/routed"),
     "aware": ("skill/content/routed", "skill/format/aware"),
+    "aware_tuned": ("skill/content/routed", "skill/format/aware"),
     "lora_ta": ("lora/content", "lora/format"),
 }
 """The cells whose adapters each method composes (content, format)."""
-ALONE = COMPOSED_OF | {"aware": COMPOSED_OF["routed"]}
+ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned")}
 """The cells each method's skills are measured alone by: each skill trained on its own (for
 ``aware``, the format skill trained without the content skill)."""
 COMPOSED_SETS = ("test/content", "test/format")
@@ -181,6 +184,8 @@ class GenConfig:
     lora_lr: float = 1e-3
     scales: tuple[float, ...] = (0.5, 1.0)
     """task arithmetic's λ, picked on validation"""
+    content_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
+    """``aware_tuned``: the content skill's λ, picked on validation"""
 
     def __post_init__(self) -> None:
         if self.pair not in PAIRS:
@@ -382,26 +387,34 @@ class SeedRun:
 
     def compose(self, method: str) -> dict[str, Any]:
         if method == "lora_ta":
-            return self.task_arithmetic()
+            deltas = [load_file(str(self.cell(f"lora-{s}") / "delta.safetensors")) for s in SKILLS]
+            return self.tuned(lambda lam: self.merged(deltas, lam), self.cfg.scales)
         skills = [self.adapter(unit) for unit in COMPOSED_OF[method]]
-        model = RoadModel(self.fresh())
+        if method == "aware_tuned":
+            return self.tuned(lambda lam: self.both(scale(skills[0], lam), skills[1]),
+                              self.cfg.content_scales)  # fmt: skip
         if method == "halves":
+            model = RoadModel(self.fresh())
             model.load_adapter(union(skills), "composed")
-        else:
-            for name, adapter in zip(SKILLS, skills, strict=True):
-                model.load_adapter(adapter, name)
-            model.set_active(*SKILLS)
-        return self.scores(model, *COMPOSED_SETS)
+            return self.scores(model, *COMPOSED_SETS)
+        return self.scores(self.both(*skills), *COMPOSED_SETS)
 
-    def task_arithmetic(self) -> dict[str, Any]:
-        deltas = [load_file(str(self.cell(f"lora-{s}") / "delta.safetensors")) for s in SKILLS]
-        validation = {}
-        for lam in self.cfg.scales:
-            validation[lam] = self.scores(self.merged(deltas, lam), "validation/content")
-        best = max(
-            self.cfg.scales, key=lambda lam: sum(validation[lam]["validation/content"]["joint"])
-        )
-        chosen = self.scores(self.merged(deltas, best), *COMPOSED_SETS)
+    def both(self, content: AdapterFile, format_: AdapterFile) -> RoadModel:
+        """The base model with both skills loaded and active (they act on other tokens)."""
+        model = RoadModel(self.fresh())
+        for name, adapter in zip(SKILLS, (content, format_), strict=True):
+            model.load_adapter(adapter, name)
+        model.set_active(*SKILLS)
+        return model
+
+    def tuned(
+        self, composed: Callable[[float], torch.nn.Module], scales: tuple[float, ...]
+    ) -> dict[str, Any]:
+        """Scores of ``composed(λ)`` at the λ among ``scales`` with the best joint success on
+        the validation content prompts (its validation scores and ``strength`` kept)."""
+        validation = {lam: self.scores(composed(lam), "validation/content") for lam in scales}
+        best = max(scales, key=lambda lam: sum(validation[lam]["validation/content"]["joint"]))
+        chosen = self.scores(composed(best), *COMPOSED_SETS)
         return {**chosen, **validation[best], "strength": best}
 
     def merged(self, deltas: list[dict[str, torch.Tensor]], lam: float) -> torch.nn.Module:
