@@ -57,9 +57,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``model`` on a task split (or a list of examples) with the task's metric.
 
-    Returns ``{"task", "split", "n", "metric", "value", <metric>: value, ...}``; accuracy
-    tasks also report ``majority`` (the share of the most frequent gold label, or chance for
-    multiple choice with varying options) and, for causal LMs, ``accuracy_norm``. With
+    Returns ``{"task", "split", "n", "metric", "value", <metric>: value, ``majority``, ...}``
+    (``majority``: the score of always giving the most frequent gold answer, or chance for
+    multiple choice with varying options) and, for causal LMs' choices, ``accuracy_norm``. With
     ``predictions``, also ``"predictions"`` (per example in order: the predicted label or
     choice index, or the generated answer's first line) and ``"correct"`` (0/1 per example),
     so that others can recompute every number and its interval.
@@ -84,18 +84,18 @@ def evaluate(
     result: dict[str, Any] = {"task": es.name, "split": split, "n": len(es), "metric": es.metric}
     result["value"] = scores[es.metric]
     result.update(scores)
-    if es.metric == "accuracy":
-        result["majority"] = majority_baseline(es)
+    result["majority"] = majority_baseline(es)
     if predictions:
         result["predictions"], result["correct"] = predicted, correct
     return result
 
 
 def majority_baseline(es: ExampleSet) -> float:
-    """Accuracy of always answering the most frequent gold label (fixed label sets), or the
-    expected accuracy of a uniform guess (options that vary per example)."""
-    if es.labels:
-        counts = Counter(e.label for e in es.examples)
+    """Score of always answering the most frequent gold label (fixed label sets) or answer
+    (generation: its exact match), or the expected accuracy of a uniform guess (options that
+    vary per example)."""
+    if es.labels or es.kind == "generation":
+        counts = Counter(e.label if es.labels else e.answer for e in es.examples)
         return counts.most_common(1)[0][1] / len(es)
     return sum(1.0 / len(e.choices) for e in es.examples) / len(es)
 

@@ -97,6 +97,9 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     assert set(record["test/content"]["joint"]) <= {0, 1}
     assert set(summary["gate"]) == {"content", "format"}
     assert set(summary["gate"]["format"]) >= {"halves_validation", "routed_validation"}
+    content_gate = summary["gate"]["content"]  # on the gate's own prompts, against the majority
+    assert content_gate["prompts"] == "validation/gate" and content_gate["majority_validation"] > 0
+    assert len(store["seed0/gate/content/routed"]["validation/gate"]["answer"]) == 16
     assert set(store["seed0/skill/format/aware"]) == {"validation/format", "key", "seconds"}
     assert store["seed0/compose/aware_tuned"]["strength"] in (1.0, 2.0)
     for method in ("halves", "routed", "aware", "aware_tuned"):

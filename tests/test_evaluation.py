@@ -20,3 +20,15 @@ def test_predictions_recompute_the_accuracy(real_minilm):
         first = tok([examples[0].text], return_tensors="pt")
         assert result["predictions"][0] == int(model(**first).logits.argmax())
     assert "predictions" not in evaluate(model, tok, examples[:4], progress=False)
+
+
+def test_a_generation_task_reports_the_constant_answer_as_its_majority():
+    from collections import Counter
+
+    from road_interp.encoding import example_set
+    from road_interp.evaluation import majority_baseline
+
+    task = get_task("gym_letter_counting")
+    examples = task.examples("validation", 100)
+    most = Counter(e.answer for e in examples).most_common(1)[0][1]
+    assert majority_baseline(example_set(task, "validation", 100)) == most / 100 > 0.3  # "1"

@@ -39,9 +39,11 @@ then each method's composed model (`COMPOSED_OF`):
 
 Metrics per item (`road_interp.generation`): ``content`` (the first label, or number, in
 the answer is the gold one), ``format`` (the first line is a JSON object with an ``answer``
-field), ``joint`` (its ``answer`` field is the gold). **Gate**: each skill beats the base by
-≥ 10 points on validation (content accuracy on content prompts, format validity on format
-prompts) at every placement it was trained alone at. **Retained share** of a skill:
+field), ``joint`` (its ``answer`` field is the gold). **Gate**: each skill beats its reference by
+≥ 10 points on validation at every placement it was trained alone at (``gate/*`` cells): the
+content skill on ``gate_examples`` further content prompts, against the better of the base
+and the most common answer (so that a skill that always says "1" does not pass); the format
+skill (validity) on the format prompts, against the base. **Retained share** of a skill:
 (composed − base) / (alone − base) on its own prompts and metric, "alone" being the skill
 trained on its own (`ALONE`). **Joint success** of a composition on the content prompts is
 compared with the product of its skills' single rates (content accuracy of the content skill
@@ -131,6 +133,8 @@ wraps its own judgement); ``letters``: how often a letter occurs in a few words
 (reasoning-gym), which the base model cannot do, so only the content skill brings it."""
 METHODS = ("halves", "routed", "aware", "aware_tuned", "lora_ta")
 SKILLS = ("content", "format")
+GATED = ("halves", "all", "routed")
+"""The placements a skill is trained alone at, which the gate checks."""
 COMPOSED_OF = {
     "halves": ("skill/content/halves", "skill/format/halves"),
     "routed": ("skill/content/routed", "skill/format/routed"),
@@ -178,6 +182,9 @@ class GenConfig:
     """blocks whose output the halves / all placements adapt; routed splits them: the
     content skill takes every other one from the first, the format skill the rest"""
     gate: float = 0.10
+    gate_examples: int = 200
+    """content prompts of the gate (validation items after those above): a skill passes when
+    it beats both the base and the most common answer by ``gate`` on them"""
     gate_placements: tuple[str, ...] = ("halves", "all")
     """placements each skill is trained at for the gate, besides those the methods use"""
     lora_rank: int = 8
@@ -203,6 +210,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         steps=30,
         train_examples=240,
         val_examples=16,
+        gate_examples=16,
         test_examples=48,
         format_test_examples=24,
     ),
@@ -242,16 +250,21 @@ class SeedRun:
         }
         self.prompts: dict[str, list[str]] = {}
         self.golds: dict[str, list[str]] = {}
-        for split, limit, fmt_limit in (
-            ("validation", cfg.val_examples, cfg.val_examples),
-            ("test", cfg.test_examples, cfg.format_test_examples),
+        for split, limit, fmt_limit, extra in (
+            ("validation", cfg.val_examples, cfg.val_examples, cfg.gate_examples),
+            ("test", cfg.test_examples, cfg.format_test_examples, 0),
         ):
-            items = reviews.examples(split, limit + fmt_limit, 0)
-            own = items[:limit] if shared else content.examples(split, limit, 0)
-            self.add_set(f"{split}/content", self.content_examples(own, pair.prompt))
+            items = reviews.examples(split, limit + fmt_limit + extra, 0)
+            if shared:  # the format skill's reviews in between
+                own = items[:limit] + items[limit + fmt_limit :]
+            else:
+                own = content.examples(split, limit + extra, 0)
+            self.add_set(f"{split}/content", self.content_examples(own[:limit], pair.prompt))
             if split == "test":
-                self.add_set("test/prompted", self.content_examples(own, pair.prompted))
-            self.add_set(f"{split}/format", self.format_examples(items[limit:]))
+                self.add_set("test/prompted", self.content_examples(own[:limit], pair.prompted))
+            else:
+                self.add_set("validation/gate", self.content_examples(own[limit:], pair.prompt))
+            self.add_set(f"{split}/format", self.format_examples(items[limit : limit + fmt_limit]))
 
     def add_set(self, key: str, examples: list[Example]) -> None:
         self.prompts[key] = [e.text for e in examples]
@@ -309,6 +322,14 @@ class SeedRun:
     # -- cells ------------------------------------------------------------------------------
     def base(self) -> dict[str, Any]:
         return self.scores(RoadModel(self.fresh()), *BASE_SETS)
+
+    def gate(self, placement: str | None) -> dict[str, Any]:
+        """The gate's content prompts answered by the base (``placement`` None) or by the
+        content skill trained alone at ``placement`` (its kept adapter)."""
+        model = RoadModel(self.fresh())
+        if placement is not None:
+            model.load_adapter(self.adapter(f"skill/content/{placement}"), "content")
+        return self.scores(model, "validation/gate")
 
     def placement(self, skill: str, placement: str) -> RoadConfig:
         blocks = self.cfg.blocks
@@ -428,7 +449,8 @@ class SeedRun:
 
 # -- the grid ----------------------------------------------------------------------------------
 def cells(cfg: GenConfig, folder: Path) -> Iterator[tuple[str, Callable]]:
-    """Every cell in run order: per seed, the base, the skills, then the compositions."""
+    """Every cell in run order: per seed, the base, the skills, the gate, then the
+    compositions."""
     for seed in cfg.seeds:
         run = SeedRun(cfg, seed, folder)
         yield f"{run.prefix}/base", run.base
@@ -439,6 +461,9 @@ def cells(cfg: GenConfig, folder: Path) -> Iterator[tuple[str, Callable]]:
             else:
                 p = placement[0]
                 yield f"{run.prefix}/{unit}", (lambda s=skill, p=p, r=run: r.skill(s, p))
+        for unit in gate_units(cfg):
+            p = unit.split("/")[2] if unit.count("/") == 2 else None
+            yield f"{run.prefix}/{unit}", (lambda p=p, r=run: r.gate(p))
         for method in cfg.methods:
             yield f"{run.prefix}/compose/{method}", (lambda m=method, r=run: r.compose(m))
 
@@ -447,6 +472,13 @@ def skill_units(cfg: GenConfig) -> set[str]:
     """The skill and LoRA cells a seed trains: the gate's placements and every method's."""
     units = {f"skill/{s}/{p}" for s in SKILLS for p in cfg.gate_placements}
     return units | {unit for m in cfg.methods for unit in COMPOSED_OF[m] + ALONE[m]}
+
+
+def gate_units(cfg: GenConfig) -> list[str]:
+    """The gate's cells: the base and the content skill at each placement it was trained
+    alone at."""
+    trained = {u.split("/")[2] for u in skill_units(cfg) if u.startswith("skill/content/")}
+    return ["gate/base"] + [f"gate/content/{p}" for p in GATED if p in trained]
 
 
 def _run_order(unit: str) -> tuple[bool, bool, str]:
