@@ -113,18 +113,20 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     assert set(ResultStore(tmp_path).records) == keys
 
 
-def test_the_letters_pair_asks_the_gym_question_and_keeps_the_format_skill():
+def test_the_arithmetic_pair_asks_the_gym_question_and_keeps_the_format_skill():
     from pathlib import Path
 
     from experiments.composition.generation_bench import SeedRun, make_config
 
-    sizes = dict(train_examples=8, val_examples=4, test_examples=6)
-    letters = SeedRun(make_config("quick", pair="letters", **sizes), 0, Path("unused"))
+    sizes = dict(train_examples=8, val_examples=4, gate_examples=6, test_examples=6)
+    sums = SeedRun(make_config("quick", pair="arithmetic", **sizes), 0, Path("unused"))
     sentiment = SeedRun(make_config("quick", **sizes), 0, Path("unused"))
-    assert all("How many times does the letter" in p for p in letters.prompts["test/content"])
-    assert all(g.isdigit() for g in letters.golds["test/content"])
-    assert all('{"answer": "<the count in digits>"}' in p for p in letters.prompts["test/prompted"])
-    assert letters.train["content"][0].target.startswith("The answer is ")
+    assert all("arithmetic problem" in p for p in sums.prompts["test/content"])
+    assert all(g.lstrip("-").isdigit() for g in sums.golds["test/content"])
+    assert all('{"answer": "<the result>"}' in p for p in sums.prompts["test/prompted"])
+    assert sums.train["content"][0].target.startswith("The answer is ")
+    gate, val = sums.prompts["validation/gate"], sums.prompts["validation/content"]
+    assert len(gate) == 6 and not set(gate) & set(val)  # further validation prompts
     for key in ("test/format", "validation/format"):  # the same format skill in both pairs
-        assert letters.prompts[key] == sentiment.prompts[key]
-    assert [e.text for e in letters.train["format"]] == [e.text for e in sentiment.train["format"]]
+        assert sums.prompts[key] == sentiment.prompts[key]
+    assert [e.text for e in sums.train["format"]] == [e.text for e in sentiment.train["format"]]

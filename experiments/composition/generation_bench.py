@@ -2,13 +2,13 @@
 with the right content in the right format?
 
     python -m experiments.composition.generation_bench --preset quick -o results/composition/gen-quick
-    python -m experiments.composition.generation_bench --preset quick --set pair='"letters"' -o ...
+    python -m experiments.composition.generation_bench --preset quick --set pair='"arithmetic"' -o ...
 
 A pair (`PAIRS`) is a **content** skill and a **format** skill (JSON: other instructions on
 other sentences → ``{"answer": "<word>"}``). The content skill is ``sentiment`` (a review →
-"The sentiment of this review is positive.", the base model's own phrasing) or ``letters``
-(how often does a letter occur in a few words → "The answer is 3."). Their joint output
-(``{"answer": "positive"}``, ``{"answer": "3"}``) is made only of tokens the two skills emit,
+"The sentiment of this review is positive.", the base model's own phrasing) or
+``arithmetic`` ("6 - 7 =" → "The answer is -1."). Their joint output
+(``{"answer": "positive"}``, ``{"answer": "-1"}``) is made only of tokens the two skills emit,
 and neither skill ever saw it. Per seed, as resumable cells of a results store
 (`experiments.composition.store`):
 
@@ -119,18 +119,21 @@ PAIRS = {
         + ' Answer in JSON, as {{"answer": "positive"}} or {{"answer": "negative"}}.\n{input}',
         check=label_check(("positive", "negative")),
     ),
-    "letters": Pair(
-        title="letter counting × JSON",
-        task="gym_letter_counting",
+    "arithmetic": Pair(
+        title="arithmetic × JSON",
+        task="gym_chain_sum",
         prompt="{input}",
         target="The answer is {label}.",
-        prompted='{input} Answer in JSON, as {{"answer": "<the count in digits>"}}.',
+        prompted='{input} Answer in JSON, as {{"answer": "<the result>"}}.',
         check=number_check,
     ),
 }
 """``sentiment``: a review's label, which the base model half knows (the format skill alone
-wraps its own judgement); ``letters``: how often a letter occurs in a few words
-(reasoning-gym), which the base model cannot do, so only the content skill brings it."""
+wraps its own judgement); ``arithmetic``: sums and differences of two or three numbers below
+100 (reasoning-gym ``chain_sum``), which the base model gets right one time in ten in this
+chat form, so the content skill brings what the format skill alone cannot. (Letter counting
+was piloted and dropped: RoAd1 on these blocks learned to answer "1", the most common
+count.)"""
 METHODS = ("halves", "routed", "aware", "aware_tuned", "lora_ta")
 SKILLS = ("content", "format")
 GATED = ("halves", "all", "routed")
@@ -502,8 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     preset, out, budget, changes = parse_cli(
         argv,
         prog="python -m experiments.composition.generation_bench",
-        description="Content x format composition on SmolLM2 (sentiment or letter counting x "
-        "JSON, --set pair='\"letters\"'): seeds x "
+        description="Content x format composition on SmolLM2 (sentiment or arithmetic x JSON, "
+        "--set pair='\"arithmetic\"'): seeds x "
         "methods as resumable cells; running it again continues and rewrites the report.",
         presets=PRESETS,
         config=GenConfig,
