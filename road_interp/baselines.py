@@ -7,6 +7,7 @@
 | lora_matched  | PEFT LoRA with the rank whose parameter count is closest to RoAd1's | 3e-4       |
 | full          | every weight of the model                                          | 5e-5       |
 | zero_shot     | nothing: the base model is evaluated as it is                       | –          |
+| few_shot      | nothing: the base model is asked with ``shots`` solved examples     | –          |
 
 An encoder also trains its (fresh) classification head with every method; its parameters are
 reported apart from the method's. A LoRA of rank r on a Linear (k -> d) has r (k + d)
@@ -41,9 +42,11 @@ from .training import TrainConfig, TrainResult, _coerce, check_keys, head_parame
 logger = logging.getLogger(__name__)
 
 ROAD_METHODS = ("road_1", "road_2", "road_4")
-METHODS = (*ROAD_METHODS, "lora", "lora_matched", "full", "zero_shot")
+UNTRAINED = ("zero_shot", "few_shot")
+"""Methods that train nothing (prompted base models; their ``lr`` is unused)."""
+METHODS = (*ROAD_METHODS, "lora", "lora_matched", "full", *UNTRAINED)
 DEFAULT_LR = {"road_1": 3e-3, "road_2": 3e-3, "road_4": 3e-3, "lora": 3e-4, "lora_matched": 3e-4}
-DEFAULT_LR.update({"full": 5e-5, "zero_shot": 3e-3})
+DEFAULT_LR.update({"full": 5e-5, "zero_shot": 3e-3, "few_shot": 3e-3})
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class RunSpec:
         metadata={
             "help": "road_1/2/4: RoAd of that variant; lora: PEFT LoRA of rank lora_r; "
             "lora_matched: LoRA with RoAd1's parameter count; full: every weight; zero_shot: "
-            "the base model as it is",
+            "the base model as it is; few_shot: the base model asked with `shots` solved "
+            "examples first",
             "choices": METHODS,
         },
     )
@@ -68,6 +72,13 @@ class RunSpec:
         default=64, metadata={"help": "RoAd pairing group size (64: PEFT's and vLLM's layout)"}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of method 'lora'"})
+    shots: int = field(
+        default=4,
+        metadata={
+            "help": "few_shot: solved training examples before each prompt (the seed picks "
+            "them, label-stratified)"
+        },
+    )
     subspace: str | None = field(
         default=None,
         metadata={
@@ -109,6 +120,10 @@ class RunSpec:
             raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.shots < 1:
+            raise ValueError(f"shots must be >= 1, got {self.shots}")
+        if self.shots != RunSpec.shots and self.method != "few_shot":
+            raise ValueError(f"shots is for method 'few_shot', not {self.method!r}")
         self.road_config("road_1")  # validates group size, subspace, targets and positions
         road_only = ("subspace", "positions", "alongside")
         for name in road_only + ("targets",):
@@ -274,7 +289,7 @@ def run(
     ``validation_majority``, ``n_validation``: the first ``config.eval_limit`` validation
     examples, what a learning-rate sweep selects on) and the test split's per-example
     ``test_predictions`` and ``test_correct`` (0/1), so intervals can be recomputed."""
-    from .tasks import get_task
+    from .tasks import FewShot, get_task
 
     if test_checkpoint not in TEST_CHECKPOINTS:
         raise ValueError(
@@ -284,10 +299,11 @@ def run(
     num_labels = max(2, len(task.labels))
     torch.manual_seed(config.seed)
     model, tokenizer = load_for_task(spec, num_labels, seed=config.seed)
-    if _is_encoder(spec.model) and spec.method == "zero_shot":
+    trains = spec.method not in UNTRAINED
+    if _is_encoder(spec.model) and not trains:
         raise ValueError(
-            "an encoder has no zero-shot answer (its classification head is untrained); compare "
-            "against the majority baseline that every evaluation reports"
+            f"an encoder has no {spec.method} answer (its classification head is untrained); "
+            "compare against the majority baseline that every evaluation reports"
         )
     model = apply_method(model, spec, seed=config.seed)
     if config.train_head and model_kind(model) == "encoder":
@@ -297,32 +313,36 @@ def run(
     started = time.perf_counter()
     steps = 0
     validation = None
-    if spec.method != "zero_shot":
+    if trains:
         result = train(model, tokenizer, task, config, output_dir, resume=resume)
         steps, validation = result.steps, result.final_eval
     seconds = time.perf_counter() - started
     tested, tested_step = "base", None
-    if spec.method != "zero_shot":
+    if trains:
         tested, tested_step = use_checkpoint(model, result, test_checkpoint)
-    if detail and validation is None:  # zero-shot, or a run that had finished before
+    asked: Any = task
+    max_length = config.max_length
+    if spec.method == "few_shot":  # prompts are cut from the left: room for every shot
+        asked, max_length = FewShot.of(task, spec.shots, config.seed), max_length * (spec.shots + 1)
+    if detail and validation is None:  # untrained, or a run that had finished before
         validation = evaluate(
             model,
             tokenizer,
-            task,
+            asked,
             "validation",
             config.eval_limit,
             batch_size=config.eval_batch_size,
-            max_length=config.max_length,
+            max_length=max_length,
             progress=False,
         )
     test = evaluate(
         model,
         tokenizer,
-        task,
+        asked,
         "test",
         test_limit,
         batch_size=config.eval_batch_size,
-        max_length=config.max_length,
+        max_length=max_length,
         progress=config.progress,
         predictions=detail,
     )
@@ -337,7 +357,7 @@ def run(
         "steps": steps,
         "tested": tested,
         "tested_step": tested_step,
-        "lr": config.lr if spec.method != "zero_shot" else None,
+        "lr": config.lr if trains else None,
         "metric": test["metric"],
         "test": test["value"],
         "majority": test.get("majority"),

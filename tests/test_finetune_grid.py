@@ -96,6 +96,25 @@ def test_budget_stops_between_cells_and_the_next_sitting_continues(tmp_path):
     assert len(calls) == 10
 
 
+def test_prompted_bases_are_not_swept_and_few_shot_runs_at_every_seed(tmp_path):
+    base = preset().groups[0]
+    group = Group.from_dict(
+        {"model": "smollm2", "tasks": ["multiemo_en"], "gate": base.gate,
+         "methods": ["road_1", "zero_shot", "few_shot"], "lrs": {"road_1": [1e-2]}}
+    )  # fmt: skip
+    p, calls = Preset("t", "", (group,), pilot_seeds=(0, 1), seeds=(0, 1, 2)), []
+    accuracy = {("road_1", 1e-2): 0.8, ("zero_shot", None): 0.5, ("few_shot", None): 0.6}
+    accuracy[("lora", 1e-3)] = 0.8  # the gate cell
+    store = ResultStore(tmp_path)
+    assert run_grid(p, store, accuracy, calls)
+    untrained = [c for c in calls if "shot" in c]
+    assert untrained == [key("smollm2", "multiemo_en", "zero_shot", 0, None)] + [
+        key("smollm2", "multiemo_en", "few_shot", s, None) for s in (0, 1, 2)
+    ]
+    rows = {r["method"]: r for r in summary.build(p, store)["table"]}
+    assert len(rows["few_shot"]["seeds"]) == 3 and len(rows["zero_shot"]["seeds"]) == 1
+
+
 def test_a_task_that_fails_its_gate_gets_no_sweep(tmp_path):
     p, calls = preset(gate_points=40), []  # 86.5 is not 40 points over 58
     store = ResultStore(tmp_path)

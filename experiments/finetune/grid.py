@@ -45,7 +45,7 @@ import torch
 
 from experiments.composition.store import ResultStore, run_cells
 from experiments.machine import describe
-from road_interp.baselines import run, split_settings
+from road_interp.baselines import UNTRAINED, run, split_settings
 
 HERE = Path(__file__).parent
 PRESETS = HERE / "presets"
@@ -73,7 +73,7 @@ class Group:
         methods = tuple(data["methods"])
         lrs = {m: tuple(data.get("lrs", {}).get(m, [None])) for m in methods}
         for m in methods:
-            if m == "zero_shot":
+            if m in UNTRAINED:
                 lrs[m] = (None,)
             elif None in lrs[m]:
                 raise ValueError(f"group {data['model']}: method {m!r} needs a list of lrs")
@@ -178,15 +178,23 @@ def gate_result(group: Group, task: str, store: ResultStore) -> dict[str, Any] |
     }
 
 
+def seeds_for(method: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """The seeds a method runs at: one for the zero-shot base (nothing in it depends on the
+    seed), all for the others (for few-shot the seed picks the shots)."""
+    return (0,) if method == "zero_shot" else seeds
+
+
 def chosen_lr(
     group: Group, task: str, method: str, pilot_seeds: tuple[int, ...], store: ResultStore
 ) -> float | None:
     """The learning rate with the best mean validation score over the pilot seeds (the
     first listed on ties; a cell that diverged counts as -inf); raises KeyError while a
     sweep cell is missing."""
+    if method in UNTRAINED:
+        return None
     best, best_score = group.lrs[method][0], -np.inf
     for lr in group.lrs[method]:
-        seeds = pilot_seeds if method != "zero_shot" else (0,)
+        seeds = pilot_seeds
         scores = [store[key(group.model, task, method, s, lr)].get("validation") for s in seeds]
         score = -np.inf if any(v is None for v in scores) else float(np.mean(scores))
         if score > best_score:
@@ -228,9 +236,10 @@ def cells(
     if "sweep" in phases:
         for g, task in learnable:
             for method in g.methods:
-                seeds = preset.pilot_seeds if method != "zero_shot" else (0,)
+                if method in UNTRAINED:
+                    continue  # nothing to sweep: the final phase asks the base model
                 for lr in g.lrs[method]:
-                    for seed in seeds:
+                    for seed in preset.pilot_seeds:
                         yield cell(g, task, method, seed, lr)
     if "final" in phases:
         for g, task in learnable:
@@ -239,7 +248,7 @@ def cells(
                     lr = chosen_lr(g, task, method, preset.pilot_seeds, store)
                 except KeyError:
                     continue  # its sweep is not finished (another phase selection)
-                for seed in preset.seeds if method != "zero_shot" else (0,):
+                for seed in seeds_for(method, preset.seeds):
                     yield cell(g, task, method, seed, lr)
 
 

@@ -84,7 +84,7 @@ def correctness(records: list[dict[str, Any]]) -> np.ndarray:
 
 def build(preset: Preset, store: ResultStore) -> dict[str, Any]:
     """Everything ``summary.json`` holds, from the store."""
-    from experiments.finetune.grid import chosen_lr, gate_result, key
+    from experiments.finetune.grid import chosen_lr, gate_result, key, seeds_for
 
     gates, sweep, table, diffs = [], [], [], []
     for g in preset.groups:
@@ -96,7 +96,7 @@ def build(preset: Preset, store: ResultStore) -> dict[str, Any]:
             finals: dict[str, np.ndarray] = {}
             params: dict[str, int] = {}
             for method in g.methods:
-                pilot = preset.pilot_seeds if method != "zero_shot" else (0,)
+                pilot = seeds_for(method, preset.pilot_seeds)
                 for lr in g.lrs[method]:
                     done = [
                         store[k] for s in pilot if (k := key(g.model, task, method, s, lr)) in store
@@ -119,7 +119,7 @@ def build(preset: Preset, store: ResultStore) -> dict[str, Any]:
                     lr = chosen_lr(g, task, method, preset.pilot_seeds, store)
                 except KeyError:
                     continue
-                seeds = preset.seeds if method != "zero_shot" else (0,)
+                seeds = seeds_for(method, preset.seeds)
                 done = [
                     store[k] for s in seeds if (k := key(g.model, task, method, s, lr)) in store
                 ]

@@ -8,6 +8,7 @@ train = task.examples("train", limit=2000)        # list[Example], label-stratif
 ex = train[0]; ex.text, ex.choices, ex.label       # encoders: (text, text_pair) -> label
 task.prompt(ex) + " " + ex.answer                  # causal LMs
 list_tasks()                                       # pandas table of tasks and split sizes
+FewShot.of(task, shots=4)                          # the same task asked with 4 solved shots
 ```
 
 The data comes from the cache that ``road-interp fetch`` fills (``road_interp.data``).
@@ -15,6 +16,7 @@ The data comes from the cache that ``road-interp fetch`` fills (``road_interp.da
 
 from ..data import DataError
 from .base import KINDS, SPLITS, Example, Task
+from .few_shot import FewShot
 from .multiemo import LANGUAGES, ParallelPair, parallel_sentences
 from .registry import GYM_SKILLS, TASKS, data_sources, fetch_data, get_task, list_tasks
 
@@ -26,6 +28,7 @@ __all__ = [
     "TASKS",
     "DataError",
     "Example",
+    "FewShot",
     "ParallelPair",
     "Task",
     "data_sources",
