@@ -81,7 +81,9 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
 @pytest.mark.real
 @pytest.mark.slow
 def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
-    from experiments.composition.generation_bench import make_config, run_benchmark
+    from safetensors.torch import load_file
+
+    from experiments.composition.generation_bench import SeedRun, make_config, run_benchmark
 
     cfg = make_config(
         "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
@@ -111,6 +113,11 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     keys = set(store.records)
     assert run_benchmark(cfg, tmp_path)["finished"]  # every cell is skipped
     assert set(ResultStore(tmp_path).records) == keys
+    delta = tmp_path / "cells" / "seed0" / "lora-content" / "delta.safetensors"
+    kept = load_file(str(delta))
+    delta.unlink()  # a clone of the results folder: ΔW are not committed; trained again
+    again = SeedRun(cfg, 0, tmp_path).lora_delta("content")
+    assert again.keys() == kept.keys() and delta.exists()
 
 
 def test_the_arithmetic_pair_asks_the_gym_question_and_keeps_the_format_skill():

@@ -409,9 +409,18 @@ class SeedRun:
         shutil.rmtree(folder / "run")
         return scores
 
+    def lora_delta(self, skill: str) -> dict[str, torch.Tensor]:
+        """The ΔW per LoRA target that ``skill``'s LoRA cell kept; a results folder cloned
+        without them (they are not committed: 50 MB per skill) trains the LoRA again, with
+        the same seed and data."""
+        path = self.cell(f"lora-{skill}") / "delta.safetensors"
+        if not path.exists():
+            self.lora(skill)
+        return load_file(str(path))
+
     def compose(self, method: str) -> dict[str, Any]:
         if method == "lora_ta":
-            deltas = [load_file(str(self.cell(f"lora-{s}") / "delta.safetensors")) for s in SKILLS]
+            deltas = [self.lora_delta(skill) for skill in SKILLS]
             return self.tuned(lambda lam: self.merged(deltas, lam), self.cfg.scales)
         skills = [self.adapter(unit) for unit in COMPOSED_OF[method]]
         if method == "aware_tuned":
