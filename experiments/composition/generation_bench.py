@@ -173,7 +173,7 @@ class GenConfig:
     content_target: str | None = None
     """the content skill's answer (None: the pair's ``target``; for sentiment in the base
     model's own words, so that the skill teaches which label rather than a new format: in
-    the pilots the README describes, a bare ``"{label}"`` made the union and the routed
+    pilots (one seed, 96 prompts), a bare ``"{label}"`` made the union and the routed
     composition lose the JSON format)"""
     val_examples: int = 40
     test_examples: int = 300
