@@ -138,6 +138,18 @@ def json_gold_check(answer: str, gold: str) -> bool:
     return field is not None and field.strip().lower() == gold.strip().lower()
 
 
+def json_content_check(check: Check) -> Check:
+    """A check: the answer is a JSON object whose ``"answer"`` field passes ``check`` (right
+    content in the right format, the field in the model's own words:
+    ``{"answer": "The answer is 7."}`` passes `number_check` for gold ``"7"``)."""
+
+    def passes(answer: str, gold: str) -> bool:
+        field = json_answer(answer)
+        return field is not None and check(field, gold)
+
+    return passes
+
+
 def score(
     generated: Sequence[str], golds: Sequence[str], checks: Mapping[str, Check]
 ) -> pd.DataFrame:

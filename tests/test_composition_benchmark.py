@@ -131,9 +131,35 @@ def test_the_arithmetic_pair_asks_the_gym_question_and_keeps_the_format_skill():
     assert all("arithmetic problem" in p for p in sums.prompts["test/content"])
     assert all(g.lstrip("-").isdigit() for g in sums.golds["test/content"])
     assert all('{"answer": "<the result>"}' in p for p in sums.prompts["test/prompted"])
-    assert sums.train["content"][0].target.startswith("The answer is ")
+    assert sums.training("content")[0].target.startswith("The answer is ")
     gate, val = sums.prompts["validation/gate"], sums.prompts["validation/content"]
     assert len(gate) == 6 and not set(gate) & set(val)  # further validation prompts
     for key in ("test/format", "validation/format"):  # the same format skill in both pairs
         assert sums.prompts[key] == sentiment.prompts[key]
-    assert [e.text for e in sums.train["format"]] == [e.text for e in sentiment.train["format"]]
+    assert [e.text for e in sums.format_sentences] == [e.text for e in sentiment.format_sentences]
+
+
+def test_the_own_format_skill_wraps_the_base_models_finished_answers(tmp_path):
+    from experiments.composition.generation_bench import SeedRun, cells, make_config, own_answer
+
+    assert own_answer('The first word is "Hotel".\nMore') == 'The first word is "Hotel".'
+    assert own_answer("The hotel is located in a total hole, the") is None  # cut: left out
+    sizes = dict(train_examples=4, val_examples=2, gate_examples=2, test_examples=2)
+    cfg = make_config("quick", pair="arithmetic", **sizes)
+    assert cfg.answers_wrapped == "own" and cfg.new_tokens == 32
+    store = ResultStore(tmp_path)
+    keys = [key for key, _ in cells(cfg, store)]
+    assert keys[:2] == ["seed0/base", "seed0/distill"]  # before any skill trains
+    run = SeedRun(cfg, 0, tmp_path, store)
+    with pytest.raises(RuntimeError, match="distill must run"):
+        run.training("format")
+    store.put("seed0/distill", {"answers": ["It is Hotel.", "cut", "Yes!", "No"]})
+    targets = [json.loads(e.target)["answer"] for e in run.training("format")]
+    assert targets == ["It is Hotel.", "Yes!"]
+    store.put("seed0/distill", {"answers": ["cut"] * 4})
+    with pytest.raises(ValueError, match="raise max_new_tokens"):
+        run.training("format")
+    words = make_config("quick", pair="arithmetic", format_answers="words", max_new_tokens=10)
+    assert [k for k, _ in cells(words, store)][1] != "seed0/distill"
+    with pytest.raises(ValueError, match="format_answers"):
+        make_config("quick", format_answers="sentences")

@@ -13,6 +13,7 @@ from road_interp.generation import (
     first_label,
     json_answer,
     json_check,
+    json_content_check,
     json_gold_check,
     label_check,
     number_check,
@@ -45,6 +46,15 @@ def test_json_answer_reads_the_first_line_only():
     assert json_gold_check('{"answer": " Positive "}', "positive")
     assert not json_gold_check('{"answer": "negative"}', "positive")
     assert json_check('{"answer": "negative"}', "positive")
+
+
+def test_json_content_check_applies_the_content_check_to_the_field():
+    joint = json_content_check(number_check)
+    assert joint('{"answer": "The answer is 7."}', "7")
+    assert not joint('{"answer": "The answer is 8."}', "7")
+    assert not joint("The answer is 7.", "7")  # right content, not JSON
+    assert not joint('{"answer": "The answer is 7.', "7")  # cut before the object closes
+    assert json_content_check(label_check(LABELS))('{"answer": "It is positive."}', "positive")
 
 
 def test_score_keeps_every_answer_and_a_column_per_check():

@@ -5,16 +5,22 @@ with the right content in the right format?
     python -m experiments.composition.generation_bench --preset quick --set pair='"arithmetic"' -o ...
 
 A pair (`PAIRS`) is a **content** skill and a **format** skill (JSON: other instructions on
-other sentences → ``{"answer": "<word>"}``). The content skill is ``sentiment`` (a review →
+other sentences → ``{"answer": ...}``). The content skill is ``sentiment`` (a review →
 "The sentiment of this review is positive.", the base model's own phrasing) or
-``arithmetic`` ("6 - 7 =" → "The answer is -1."). Their joint output
-(``{"answer": "positive"}``, ``{"answer": "-1"}``) is made only of tokens the two skills emit,
-and neither skill ever saw it. Per seed, as resumable cells of a results store
-(`experiments.composition.store`):
+``arithmetic`` ("6 - 7 =" → "The answer is -1."). What the format skill wraps
+(`FORMAT_ANSWERS`) is ``words``, the word its question asks for
+(``{"answer": "Hotel"}``; joint output ``{"answer": "positive"}``), or ``own``, the base
+model's own answer to its question (self-distilled: ``{"answer": "The first word of this
+sentence is \"Hotel\"."}``; joint output ``{"answer": "The answer is -1."}``), so that the
+skill learns to wrap what the model says, not to extract a word. Either way the joint output
+is made only of tokens the two skills emit, and neither skill ever saw it. Per seed, as
+resumable cells of a results store (`experiments.composition.store`):
 
 - ``base``: the base model on the content prompts, on the format prompts, and on the
   content prompts with an explicit JSON instruction (the **prompted base**: what asking
   gets);
+- ``distill`` (``own`` only): the base model's answers to the format skill's training
+  prompts, which its targets wrap (`own_answer`);
 - ``skill/<content|format>/<placement>``: RoAd1 on block outputs (the residual stream),
   trained on its own prompts, with placement
   ``halves``: every token, on eight blocks, the skill's half of each block's planes;
@@ -39,7 +45,8 @@ then each method's composed model (`COMPOSED_OF`):
 
 Metrics per item (`road_interp.generation`): ``content`` (the first label, or number, in
 the answer is the gold one), ``format`` (the first line is a JSON object with an ``answer``
-field), ``joint`` (its ``answer`` field is the gold). **Gate**: each skill beats its reference by
+field), ``joint`` (its ``answer`` field is the gold for ``words``; passes the content check for
+``own``). **Gate**: each skill beats its reference by
 ≥ 10 points on validation at every placement it was trained alone at (``gate/*`` cells): the
 content skill on ``gate_examples`` further content prompts, against the better of the base
 and the most common answer (so that a skill that always says "1" does not pass); the format
@@ -72,6 +79,7 @@ from road_interp.generation import (
     answers,
     chat_examples,
     json_check,
+    json_content_check,
     json_gold_check,
     label_check,
     number_check,
@@ -82,7 +90,7 @@ from road_interp.tasks import Example, get_task
 from road_interp.training import TrainConfig, train
 
 from . import generation_report
-from .store import open_store, parse_cli, run_cells
+from .store import ResultStore, open_store, parse_cli, run_cells
 
 SENTIMENT = "Is the sentiment of this review positive or negative?"
 FORMAT = (
@@ -90,6 +98,9 @@ FORMAT = (
     "What is the last word of this sentence?",
 )
 """The format skill's instructions, alternated over its sentences (MultiEmo reviews)."""
+FORMAT_ANSWERS = ("words", "own")
+"""What the format skill wraps in ``{"answer": ...}``: the word its question asks for, or the
+base model's own answer to the question (self-distilled)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,10 @@ class Pair:
     target: str
     prompted: str
     check: Check
+    format_answers: str = "words"
+    """what its format skill wraps (`FORMAT_ANSWERS`)"""
+    max_new_tokens: int = 10
+    """room for the joint answer (and the prompted base's)"""
 
 
 PAIRS = {
@@ -126,14 +141,18 @@ PAIRS = {
         target="The answer is {label}.",
         prompted='{input} Answer in JSON, as {{"answer": "<the result>"}}.',
         check=number_check,
+        format_answers="own",
+        max_new_tokens=32,
     ),
 }
 """``sentiment``: a review's label, which the base model half knows (the format skill alone
 wraps its own judgement); ``arithmetic``: sums and differences of two or three numbers below
 100 (reasoning-gym ``chain_sum``), which the base model gets right one time in ten in this
-chat form, so the content skill brings what the format skill alone cannot. (Letter counting
-was piloted and dropped: RoAd1 on these blocks learned to answer "1", the most common
-count.)"""
+chat form, so the content skill brings what the format skill alone cannot; its format skill
+wraps the model's own answers (with ``words`` it learned to copy a word of the question into
+the JSON field, ``{"answer": "add"}``, over the content skill's answer), with room for a
+sentence. (Letter counting was piloted and dropped: RoAd1 on these blocks learned to answer
+"1", the most common count.)"""
 METHODS = ("halves", "routed", "aware", "aware_tuned", "lora_ta")
 SKILLS = ("content", "format")
 GATED = ("halves", "all", "routed")
@@ -180,7 +199,10 @@ class GenConfig:
     """content prompts (content, joint, the prompted base)"""
     format_test_examples: int = 100
     """the format skill's own prompts"""
-    max_new_tokens: int = 10
+    format_answers: str | None = None
+    """what the format skill wraps (`FORMAT_ANSWERS`; None: the pair's)"""
+    max_new_tokens: int | None = None
+    """None: the pair's"""
     blocks: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
     """blocks whose output the halves / all placements adapt; routed splits them: the
     content skill takes every other one from the first, the format skill the rest"""
@@ -203,6 +225,20 @@ class GenConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+        if self.format_answers not in (None, *FORMAT_ANSWERS):
+            raise ValueError(
+                f"unknown format_answers {self.format_answers!r}; choose from {FORMAT_ANSWERS}"
+            )
+
+    @property
+    def answers_wrapped(self) -> str:
+        """What the format skill wraps, the pair's unless set."""
+        return self.format_answers or PAIRS[self.pair].format_answers
+
+    @property
+    def new_tokens(self) -> int:
+        """Answer length in tokens, the pair's unless set."""
+        return self.max_new_tokens or PAIRS[self.pair].max_new_tokens
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -233,12 +269,19 @@ def first_or_last_word(i: int, text: str) -> str | None:
     return (words[0] if i % 2 == 0 else words[-1]) if words else None
 
 
+def own_answer(answer: str) -> str | None:
+    """The base model's answer as the format skill wraps it: its first line, when that ends a
+    sentence (not cut by the token budget), else None (the sentence is left out)."""
+    line = answer.strip().split("\n", 1)[0].strip()
+    return line if re.search(r"[.!?][\"')]?$", line) else None
+
+
 # -- one seed ----------------------------------------------------------------------------------
 class SeedRun:
     """Prompts, golds and cell folders of the pair at one seed."""
 
-    def __init__(self, cfg: GenConfig, seed: int, folder: Path):
-        self.cfg, self.seed, self.folder = cfg, seed, folder
+    def __init__(self, cfg: GenConfig, seed: int, folder: Path, store: ResultStore | None = None):
+        self.cfg, self.seed, self.folder, self.store = cfg, seed, folder, store
         self.tok = load_tokenizer("smollm2")
         self.pair = pair = PAIRS[cfg.pair]
         reviews, content = get_task("multiemo_en"), get_task(pair.task)
@@ -247,10 +290,8 @@ class SeedRun:
         pool = reviews.examples("train", 2 * n, seed)  # the format skill's sentences: pool[n:]
         own = pool[:n] if shared else content.examples("train", n, seed)
         target = cfg.content_target or pair.target
-        self.train = {
-            "content": self.content_examples(own, pair.prompt, target),
-            "format": self.format_examples(pool[n:]),
-        }
+        self.content_train = self.content_examples(own, pair.prompt, target)
+        self.format_sentences = pool[n:]
         self.prompts: dict[str, list[str]] = {}
         self.golds: dict[str, list[str]] = {}
         for split, limit, fmt_limit, extra in (
@@ -281,13 +322,36 @@ class SeedRun:
         triples = [("", e.text, target.format(label=e.answer)) for e in items]
         return chat_examples(self.tok, triples, prompt)
 
-    def format_examples(self, items: list[Example]) -> list[Example]:
+    def format_examples(
+        self, items: list[Example], wrapped: list[str] | None = None
+    ) -> list[Example]:
+        """Chat examples of the format skill: a question on each sentence, the answer in JSON:
+        the word asked for, or (``wrapped``, one per sentence) the model's own answer; a
+        sentence with nothing to wrap is left out."""
         triples = []
         for i, e in enumerate(items):
-            word = first_or_last_word(i, e.text)
+            word = first_or_last_word(i, e.text) if wrapped is None else own_answer(wrapped[i])
             if word is not None:
                 triples.append((FORMAT[i % 2], e.text, json.dumps({"answer": word})))
         return chat_examples(self.tok, triples)
+
+    def training(self, skill: str) -> list[Example]:
+        """A skill's training examples; for ``own`` the format skill's need the ``distill``
+        cell's answers."""
+        if skill == "content":
+            return self.content_train
+        if self.cfg.answers_wrapped == "words":
+            return self.format_examples(self.format_sentences)
+        if self.store is None or f"{self.prefix}/distill" not in self.store:
+            raise RuntimeError(f"{self.prefix}/distill must run before the format skill trains")
+        own = self.store[f"{self.prefix}/distill"]["answers"]
+        examples = self.format_examples(self.format_sentences, own)
+        if not examples:
+            raise ValueError(
+                f"none of the base model's {len(own)} answers ended a sentence within "
+                f"{self.cfg.new_tokens} tokens: raise max_new_tokens"
+            )
+        return examples
 
     @property
     def prefix(self) -> str:
@@ -313,11 +377,13 @@ class SeedRun:
 
     def scores(self, model: torch.nn.Module, *sets: str) -> dict[str, Any]:
         """Per prompt set (``"test/content"``, ...): every answer and its 0/1 checks."""
-        checks = {"content": self.pair.check, "format": json_check, "joint": json_gold_check}
+        own = self.cfg.answers_wrapped == "own"
+        joint = json_content_check(self.pair.check) if own else json_gold_check
+        checks = {"content": self.pair.check, "format": json_check, "joint": joint}
         out: dict[str, Any] = {}
         for key in sets:
             generated = answers(
-                model, self.tok, self.prompts[key], self.cfg.max_new_tokens, progress=False
+                model, self.tok, self.prompts[key], self.cfg.new_tokens, progress=False
             )
             out[key] = score(generated, self.golds[key], checks).to_dict(orient="list")
         return out
@@ -325,6 +391,13 @@ class SeedRun:
     # -- cells ------------------------------------------------------------------------------
     def base(self) -> dict[str, Any]:
         return self.scores(RoadModel(self.fresh()), *BASE_SETS)
+
+    def distill(self) -> dict[str, Any]:
+        """The base model's answers to the format skill's training prompts (``own``)."""
+        questions = [(FORMAT[i % 2], e.text, "") for i, e in enumerate(self.format_sentences)]
+        prompts = [e.text for e in chat_examples(self.tok, questions)]
+        base = load_model("smollm2", task="causal-lm")
+        return {"answers": answers(base, self.tok, prompts, self.cfg.new_tokens, progress=False)}
 
     def gate(self, placement: str | None) -> dict[str, Any]:
         """The gate's content prompts answered by the base (``placement`` None) or by the
@@ -366,7 +439,7 @@ class SeedRun:
         if placement == "aware":
             model.set_active("content", skill)
         folder = self.cell(f"{skill}-{placement}")
-        train(model, self.tok, self.train[skill], self.train_config(self.cfg.lr), folder / "run")
+        train(model, self.tok, self.training(skill), self.train_config(self.cfg.lr), folder / "run")
         write_adapter(model.adapter_file(skill), folder / "adapter", overwrite=True)
         shutil.rmtree(folder / "run")
         if placement == "aware":
@@ -392,12 +465,11 @@ class SeedRun:
         from peft import LoraConfig, get_peft_model
 
         r = self.cfg.lora_rank
-        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"])
-        model = get_peft_model(self.fresh(), config)
+        lora = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"])
+        model = get_peft_model(self.fresh(), lora)
         folder = self.cell(f"lora-{skill}")
-        train(
-            model, self.tok, self.train[skill], self.train_config(self.cfg.lora_lr), folder / "run"
-        )
+        config = self.train_config(self.cfg.lora_lr)
+        train(model, self.tok, self.training(skill), config, folder / "run")
         scores = self.scores(model, *self.skill_sets(skill, "lora"))
         inner = model.get_base_model()
         deltas = {
@@ -460,12 +532,14 @@ class SeedRun:
 
 
 # -- the grid ----------------------------------------------------------------------------------
-def cells(cfg: GenConfig, folder: Path) -> Iterator[tuple[str, Callable]]:
-    """Every cell in run order: per seed, the base, the skills, the gate, then the
-    compositions."""
+def cells(cfg: GenConfig, store: ResultStore) -> Iterator[tuple[str, Callable]]:
+    """Every cell in run order: per seed, the base (and the distilled answers), the skills,
+    the gate, then the compositions."""
     for seed in cfg.seeds:
-        run = SeedRun(cfg, seed, folder)
+        run = SeedRun(cfg, seed, store.folder, store)
         yield f"{run.prefix}/base", run.base
+        if cfg.answers_wrapped == "own":
+            yield f"{run.prefix}/distill", run.distill
         for unit in sorted(skill_units(cfg), key=_run_order):
             kind, skill, *placement = unit.split("/")
             if kind == "lora":
@@ -504,7 +578,7 @@ def run_benchmark(
     """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
     store = open_store(out, cfg)
     started = time.perf_counter()
-    finished = run_cells(cells(cfg, store.folder), store, budget_minutes)
+    finished = run_cells(cells(cfg, store), store, budget_minutes)
     return generation_report.write(
         cfg, store, store.folder, finished, time.perf_counter() - started
     )

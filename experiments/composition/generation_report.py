@@ -228,7 +228,7 @@ def joint_figure(summary: dict[str, Any], title: str) -> plt.Figure:
     ax.axhline(prompted, color="grey", linestyle="--", label="prompted base")
     ax.set_xticks(x, methods)
     ax.set_ylim(0, 1)
-    ax.set_ylabel('share of {"answer": <gold label>}')
+    ax.set_ylabel("joint success (gold in the JSON answer)")
     ax.set_title(f"{title} on SmolLM2-135M-Instruct (test)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -241,12 +241,16 @@ def _readme(
     from .generation_bench import GATED, PAIRS
 
     pair = PAIRS[cfg.pair]
+    wrapped, joint = {
+        "words": ("<the word asked for>", '{"answer": "<gold>"}'),
+        "own": ("<the base model's own answer>", '{"answer": "<an answer with the gold in it>"}'),
+    }[cfg.answers_wrapped]
     lines = [
         f"# Generation composition benchmark: {pair.title} (SmolLM2-135M-Instruct)",
         "",
         f"A content skill ({pair.task}) and a format skill (other questions on other sentences "
-        '→ {"answer": "<word>"}), RoAd1 on block outputs, composed; is the answer to a content '
-        'question {"answer": "<gold>"}? See the module docstring of '
+        f'→ {{"answer": "{wrapped}"}}), RoAd1 on block outputs, composed; is the answer to a '
+        f"content question {joint}? See the module docstring of "
         "`experiments.composition.generation_bench` for the cells and metrics. Intervals: 95% "
         "paired bootstrap over test items, seeds as rows.",
         "",
