@@ -172,6 +172,13 @@ def atomic_file(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_text_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` in one rename (`atomic_file`): a reader sees the old file
+    or the new one, never half of it."""
+    with atomic_file(target) as tmp:
+        tmp.write_text(text)
+
+
 # -- verifying what was fetched -----------------------------------------------------------------
 MANIFEST = "road_interp_files.json"
 """Written into a fetched folder: every file's size and sha256 at fetch time."""

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from road_interp.files import atomic_file
+from road_interp.files import atomic_file, write_text_atomic
 from road_interp.intervals import paired_bootstrap
 
 from .store import ResultStore
@@ -88,14 +88,14 @@ def write(
     if len(table):
         first = ["pair", "method", "skill", "gate_passed"]
         table = table[first + [c for c in table.columns if c not in first]]
-    _write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_text(folder / "results.csv", table.to_csv(index=False))
+    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / "results.csv", table.to_csv(index=False))
     if len(table):
         figure = retained_figure(table)
         with atomic_file(folder / "retained.png") as tmp:
             figure.savefig(tmp, dpi=120, format="png")
         plt.close(figure)
-    _write_text(folder / "README.md", _readme(cfg, summary, table, finished, seconds))
+    write_text_atomic(folder / "README.md", _readme(cfg, summary, table, finished, seconds))
     return summary
 
 
@@ -268,8 +268,3 @@ def _has_tabulate() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)

@@ -547,9 +547,8 @@ def cells(cfg: GenConfig, store: ResultStore) -> Iterator[tuple[str, Callable]]:
             else:
                 p = placement[0]
                 yield f"{run.prefix}/{unit}", (lambda s=skill, p=p, r=run: r.skill(s, p))
-        for unit in gate_units(cfg):
-            p = unit.split("/")[2] if unit.count("/") == 2 else None
-            yield f"{run.prefix}/{unit}", (lambda p=p, r=run: r.gate(p))
+        for unit, placement in gate_units(cfg).items():
+            yield f"{run.prefix}/{unit}", (lambda p=placement, r=run: r.gate(p))
         for method in cfg.methods:
             yield f"{run.prefix}/compose/{method}", (lambda m=method, r=run: r.compose(m))
 
@@ -560,11 +559,12 @@ def skill_units(cfg: GenConfig) -> set[str]:
     return units | {unit for m in cfg.methods for unit in COMPOSED_OF[m] + ALONE[m]}
 
 
-def gate_units(cfg: GenConfig) -> list[str]:
-    """The gate's cells: the base and the content skill at each placement it was trained
-    alone at."""
+def gate_units(cfg: GenConfig) -> dict[str, str | None]:
+    """The gate's cells and the placement each answers with: the base (None) and the content
+    skill at each placement it was trained alone at."""
     trained = {u.split("/")[2] for u in skill_units(cfg) if u.startswith("skill/content/")}
-    return ["gate/base"] + [f"gate/content/{p}" for p in GATED if p in trained]
+    placements = [p for p in GATED if p in trained]
+    return {"gate/base": None} | {f"gate/content/{p}": p for p in placements}
 
 
 def _run_order(unit: str) -> tuple[bool, bool, str]:

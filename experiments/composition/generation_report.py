@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from road_interp.files import atomic_file
+from road_interp.files import atomic_file, write_text_atomic
 from road_interp.intervals import paired_bootstrap, verdict
 
 from .bench_report import kept, share
@@ -57,14 +57,14 @@ def write(
             summary["verdicts"][method] = entry["verdict"]
         _vs_lora(store, seeds, summary)
     table = pd.DataFrame(rows)
-    _write_text(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_text(folder / "results.csv", table.to_csv(index=False))
+    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / "results.csv", table.to_csv(index=False))
     if summary["methods"]:
         figure = joint_figure(summary, PAIRS[cfg.pair].title)
         with atomic_file(folder / "joint.png") as tmp:
             figure.savefig(tmp, dpi=120, format="png")
         plt.close(figure)
-    _write_text(folder / "README.md", _readme(cfg, summary, table, finished, seconds))
+    write_text_atomic(folder / "README.md", _readme(cfg, summary, table, finished, seconds))
     return summary
 
 
@@ -308,8 +308,3 @@ def _readme(
     lines += ["", "## Verdicts", ""]
     lines += [f"- {k}: {v}" for k, v in summary["verdicts"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)

@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from road_interp.files import atomic_file
+from road_interp.files import write_text_atomic
 from road_interp.intervals import verdict
 
 from .bench_report import kept
@@ -146,10 +146,8 @@ def write(results: str | Path) -> dict[str, Any]:
     for pair in pairs.values():
         pair["best_road_method"] = best_method(pair)
     summary = {"pairs": pairs, "targets": targets(pairs)}
-    with atomic_file(results / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    with atomic_file(results / "README.md") as tmp:
-        tmp.write_text(_readme(summary))
+    write_text_atomic(results / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(results / "README.md", _readme(summary))
     return summary
 
 
