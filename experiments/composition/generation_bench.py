@@ -330,9 +330,9 @@ class SeedRun:
         sentence with nothing to wrap is left out."""
         triples = []
         for i, e in enumerate(items):
-            word = first_or_last_word(i, e.text) if wrapped is None else own_answer(wrapped[i])
-            if word is not None:
-                triples.append((FORMAT[i % 2], e.text, json.dumps({"answer": word})))
+            answer = first_or_last_word(i, e.text) if wrapped is None else own_answer(wrapped[i])
+            if answer is not None:
+                triples.append((FORMAT[i % 2], e.text, json.dumps({"answer": answer})))
         return chat_examples(self.tok, triples)
 
     def training(self, skill: str) -> list[Example]:
@@ -396,8 +396,8 @@ class SeedRun:
         """The base model's answers to the format skill's training prompts (``own``)."""
         questions = [(FORMAT[i % 2], e.text, "") for i, e in enumerate(self.format_sentences)]
         prompts = [e.text for e in chat_examples(self.tok, questions)]
-        base = load_model("smollm2", task="causal-lm")
-        return {"answers": answers(base, self.tok, prompts, self.cfg.new_tokens, progress=False)}
+        generated = answers(self.fresh(), self.tok, prompts, self.cfg.new_tokens, progress=False)
+        return {"answers": generated}
 
     def gate(self, placement: str | None) -> dict[str, Any]:
         """The gate's content prompts answered by the base (``placement`` None) or by the
