@@ -88,7 +88,7 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     cfg = make_config(
         "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
         methods=("halves", "routed", "aware", "aware_tuned", "lora_ta"), scales=(1.0,),
-        content_scales=(1.0, 2.0),
+        content_scales=(1.0, 2.0), format_scales=(1.0, 1.5),
     )  # fmt: skip
     summary = run_benchmark(cfg, tmp_path)
     assert summary["finished"] and summary["seeds"] == [0]
@@ -103,7 +103,8 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     assert content_gate["prompts"] == "validation/gate" and content_gate["majority_validation"] > 0
     assert len(store["seed0/gate/content/routed"]["validation/gate"]["answer"]) == 16
     assert set(store["seed0/skill/format/aware"]) == {"validation/format", "key", "seconds"}
-    assert store["seed0/compose/aware_tuned"]["strength"] in (1.0, 2.0)
+    content_lam, format_lam = store["seed0/compose/aware_tuned"]["strength"]
+    assert content_lam in (1.0, 2.0) and format_lam in (1.0, 1.5)
     for method in ("halves", "routed", "aware", "aware_tuned"):
         entry = summary["methods"][method]
         low, point, high = entry["joint_minus_prompted_base"]
