@@ -18,7 +18,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from road_interp.files import atomic_file
+from road_interp.files import write_text_atomic
 
 from .. import machine
 
@@ -36,8 +36,7 @@ class ResultStore:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 if number == len(lines):  # cut by a kill: that cell runs again
-                    with atomic_file(self.path) as tmp:
-                        tmp.write_text("".join(x + "\n" for x in lines[:-1]))
+                    write_text_atomic(self.path, "".join(x + "\n" for x in lines[:-1]))
                     continue
                 raise ValueError(
                     f"{self.path}:{number} is not JSON; the store is corrupt"
