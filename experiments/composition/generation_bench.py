@@ -273,6 +273,12 @@ def first_or_last_word(i: int, text: str) -> str | None:
     return (words[0] if i % 2 == 0 else words[-1]) if words else None
 
 
+def format_questions(items: list[Example]) -> list[tuple[str, str]]:
+    """(instruction, sentence) of the format skill's question on each item, the instructions
+    alternated: what the format skill is trained on and what ``distill`` asks the base."""
+    return [(FORMAT[i % 2], e.text) for i, e in enumerate(items)]
+
+
 def own_answer(answer: str) -> str | None:
     """The base model's answer as the format skill wraps it: its first line, when that ends a
     sentence (not cut by the token budget), else None (the sentence is left out)."""
@@ -333,10 +339,10 @@ class SeedRun:
         the word asked for, or (``wrapped``, one per sentence) the model's own answer; a
         sentence with nothing to wrap is left out."""
         triples = []
-        for i, e in enumerate(items):
-            answer = first_or_last_word(i, e.text) if wrapped is None else own_answer(wrapped[i])
+        for i, (question, text) in enumerate(format_questions(items)):
+            answer = first_or_last_word(i, text) if wrapped is None else own_answer(wrapped[i])
             if answer is not None:
-                triples.append((FORMAT[i % 2], e.text, json.dumps({"answer": answer})))
+                triples.append((question, text, json.dumps({"answer": answer})))
         return chat_examples(self.tok, triples)
 
     def training(self, skill: str) -> list[Example]:
@@ -398,7 +404,7 @@ class SeedRun:
 
     def distill(self) -> dict[str, Any]:
         """The base model's answers to the format skill's training prompts (``own``)."""
-        questions = [(FORMAT[i % 2], e.text, "") for i, e in enumerate(self.format_sentences)]
+        questions = [(q, text, "") for q, text in format_questions(self.format_sentences)]
         prompts = [e.text for e in chat_examples(self.tok, questions)]
         generated = answers(self.fresh(), self.tok, prompts, self.cfg.new_tokens, progress=False)
         return {"answers": generated}
