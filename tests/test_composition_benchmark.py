@@ -87,7 +87,7 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
 
     cfg = make_config(
         "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
-        methods=("halves", "routed", "aware", "aware_tuned", "lora_ta"), scales=(1.0,),
+        methods=("halves", "routed", "aware", "joint", "aware_tuned", "lora_ta"), scales=(1.0,),
         content_scales=(1.0, 2.0), format_scales=(1.0, 1.5),
     )  # fmt: skip
     summary = run_benchmark(cfg, tmp_path)
@@ -103,8 +103,13 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     assert content_gate["prompts"] == "validation/gate" and content_gate["majority_validation"] > 0
     assert len(store["seed0/gate/content/routed"]["validation/gate"]["answer"]) == 16
     assert set(store["seed0/skill/format/aware"]) == {"validation/format", "key", "seconds"}
-    content_lam, format_lam = store["seed0/compose/aware_tuned"]["strength"]
+    tuned = store["seed0/compose/aware_tuned"]
+    content_lam, format_lam = tuned["strength"]
     assert content_lam in (1.0, 2.0) and format_lam in (1.0, 1.5)
+    assert len(tuned["validation/gate"]["joint"]) == 16  # picked on the gate's prompts
+    joint_skill = store["seed0/skill/joint/all"]  # one adapter on both skills' data
+    assert set(joint_skill) == {"validation/content", "validation/format", "key", "seconds"}
+    assert set(summary["methods"]["joint"]["retained_share"]) == {"content", "format"}
     for method in ("halves", "routed", "aware", "aware_tuned"):
         entry = summary["methods"][method]
         low, point, high = entry["joint_minus_prompted_base"]
@@ -157,6 +162,7 @@ def test_the_own_format_skill_wraps_the_base_models_finished_answers(tmp_path):
     store.put("seed0/distill", {"answers": ["It is Hotel.", "cut", "Yes!", "No"]})
     targets = [json.loads(e.target)["answer"] for e in run.training("format")]
     assert targets == ["It is Hotel.", "Yes!"]
+    assert run.training("joint") == run.training("content") + run.training("format")
     store.put("seed0/distill", {"answers": ["cut"] * 4})
     with pytest.raises(ValueError, match="raise max_new_tokens"):
         run.training("format")
@@ -164,3 +170,5 @@ def test_the_own_format_skill_wraps_the_base_models_finished_answers(tmp_path):
     assert [k for k, _ in cells(words, store)][1] != "seed0/distill"
     with pytest.raises(ValueError, match="format_answers"):
         make_config("quick", format_answers="sentences")
+    with pytest.raises(ValueError, match="tune_prompts"):
+        make_config("quick", tune_prompts="test")

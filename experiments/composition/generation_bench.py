@@ -32,6 +32,9 @@ resumable cells of a results store (`experiments.composition.store`):
   present, active and frozen, on the format prompts only (interference-aware training
   without joint data);
 - ``lora/<content|format>``: LoRA rank 8 on q/v of every layer;
+- ``skill/joint/all``: one RoAd1 adapter on every plane of the eight blocks, every token,
+  trained on both skills' training sets shuffled together for twice the steps (each skill's
+  examples seen as often as alone);
 
 then each method's composed model (`COMPOSED_OF`):
 
@@ -40,9 +43,11 @@ then each method's composed model (`COMPOSED_OF`):
 - ``aware``: the routed content skill with the aware format skill;
 - ``aware_tuned``: the same with each skill's strength λ (θ → λθ, α → α^λ,
   `road_interp.compose.scale`), the pair (λ_content, λ_format) picked on validation from
-  ``content_scales`` × ``format_scales`` (the best joint success);
-- ``lora_ta``: task arithmetic W + λ (ΔW_content + ΔW_format), λ picked on validation
-  (the best joint success).
+  ``content_scales`` × ``format_scales`` (the best joint success on ``tune_prompts``);
+- ``lora_ta``: task arithmetic W + λ (ΔW_content + ΔW_format), λ picked the same way;
+- ``joint``, the multi-task baseline (an upper bound for training without joint data, not a
+  composition): the ``skill/joint/all`` adapter; its retained shares are measured against
+  the skills trained alone on their halves (the same blocks and tokens).
 
 Metrics per item (`road_interp.generation`): ``content`` (the first label, or number, in
 the answer is the gold one), ``format`` (the first line is a JSON object with an ``answer``
@@ -154,7 +159,8 @@ wraps the model's own answers (with ``words`` it learned to copy a word of the q
 the JSON field, ``{"answer": "add"}``, over the content skill's answer), with room for a
 sentence. (Letter counting was piloted and dropped: RoAd1 on these blocks learned to answer
 "1", the most common count.)"""
-METHODS = ("halves", "routed", "aware", "aware_tuned", "lora_ta")
+METHODS = ("halves", "routed", "aware", "joint", "aware_tuned", "lora_ta")
+"""In run order within a seed: the methods that tune strengths last (they generate the most)."""
 SKILLS = ("content", "format")
 GATED = ("halves", "all", "routed")
 """The placements a skill is trained alone at, which the gate checks."""
@@ -164,11 +170,17 @@ COMPOSED_OF = {
     "aware": ("skill/content/routed", "skill/format/aware"),
     "aware_tuned": ("skill/content/routed", "skill/format/aware"),
     "lora_ta": ("lora/content", "lora/format"),
+    "joint": ("skill/joint/all",),
 }
-"""The cells whose adapters each method composes (content, format)."""
+"""The cells whose adapters each method composes (content, format), or (``joint``) the one
+adapter trained on both skills' data."""
 ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned")}
+ALONE["joint"] = COMPOSED_OF["halves"]
 """The cells each method's skills are measured alone by: each skill trained on its own (for
-``aware``, the format skill trained without the content skill)."""
+``aware``, the format skill trained without the content skill; for ``joint``, on its half
+of the same planes)."""
+TUNE_PROMPTS = {"content": "validation/content", "gate": "validation/gate"}
+"""``tune_prompts`` → the validation prompts strengths are picked on."""
 COMPOSED_SETS = ("test/content", "test/format")
 """A composed model's prompt sets: the content prompts (content, joint) and the format
 skill's own (format retained)."""
@@ -222,6 +234,10 @@ class GenConfig:
     """``aware_tuned``: the skills' λ, the pair picked on validation (on the arithmetic pair's
     validation prompts, seed 0, the format skill's λ = 1.5 took JSON validity from 0.08 to 1.0;
     2 broke the model's output)"""
+    tune_prompts: str = "gate"
+    """the validation prompts ``aware_tuned`` and ``lora_ta`` pick strengths on: ``gate``
+    (``gate_examples`` of them) or ``content`` (``val_examples``); 40 prompts picked by noise
+    on the sentiment pair (the picks' joint success on test was below the untuned one's)"""
 
     def __post_init__(self) -> None:
         if self.pair not in PAIRS:
@@ -229,6 +245,10 @@ class GenConfig:
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+        if self.tune_prompts not in TUNE_PROMPTS:
+            raise ValueError(
+                f"unknown tune_prompts {self.tune_prompts!r}; choose from {sorted(TUNE_PROMPTS)}"
+            )
         if self.format_answers not in (None, *FORMAT_ANSWERS):
             raise ValueError(
                 f"unknown format_answers {self.format_answers!r}; choose from {FORMAT_ANSWERS}"
@@ -350,6 +370,8 @@ class SeedRun:
         cell's answers."""
         if skill == "content":
             return self.content_train
+        if skill == "joint":
+            return self.content_train + self.training("format")
         if self.cfg.answers_wrapped == "words":
             return self.format_examples(self.format_sentences)
         if self.store is None or f"{self.prefix}/distill" not in self.store:
@@ -441,7 +463,8 @@ class SeedRun:
 
         ``aware`` (format only): the routed format adapter trained with the routed content
         adapter on the model, active and frozen, on the format skill's own prompts (no joint
-        data); scored with both active on the format prompts' validation set."""
+        data); scored with both active on the format prompts' validation set. ``joint``
+        (placement ``all``): both skills' examples, for twice the steps."""
         model = RoadModel(self.fresh())
         if placement == "aware":
             model.load_adapter(self.adapter("skill/content/routed"), "content")
@@ -449,7 +472,10 @@ class SeedRun:
         if placement == "aware":
             model.set_active("content", skill)
         folder = self.cell(f"{skill}-{placement}")
-        train(model, self.tok, self.training(skill), self.train_config(self.cfg.lr), folder / "run")
+        config = self.train_config(self.cfg.lr)
+        if skill == "joint":
+            config = replace(config, max_steps=2 * config.max_steps)
+        train(model, self.tok, self.training(skill), config, folder / "run")
         write_adapter(model.adapter_file(skill), folder / "adapter", overwrite=True)
         shutil.rmtree(folder / "run")
         if placement == "aware":
@@ -464,7 +490,10 @@ class SeedRun:
     @staticmethod
     def skill_sets(skill: str, placement: str) -> tuple[str, ...]:
         """The prompt sets a skill alone is scored on: its own (validation for the gate, test
-        for retained shares) and the test content prompts (the independence product)."""
+        for retained shares) and the test content prompts (the independence product); the
+        joint adapter's test prompts are its ``compose`` cell's."""
+        if skill == "joint":
+            return ("validation/content", "validation/format")
         own = "content" if skill == "content" else "format"
         if placement == "all":
             return (f"validation/{own}",)
@@ -508,9 +537,9 @@ class SeedRun:
         if method == "aware_tuned":
             grid = [(c, f) for c in self.cfg.content_scales for f in self.cfg.format_scales]
             return self.tuned(lambda lams: self.both(*map(scale, skills, lams)), grid)
-        if method == "halves":
+        if method in ("halves", "joint"):
             model = RoadModel(self.fresh())
-            model.load_adapter(union(skills), "composed")
+            model.load_adapter(union(skills) if method == "halves" else skills[0], method)
             return self.scores(model, *COMPOSED_SETS)
         return self.scores(self.both(*skills), *COMPOSED_SETS)
 
@@ -524,10 +553,11 @@ class SeedRun:
 
     def tuned(self, composed: Callable[[Any], torch.nn.Module], scales: Sequence[Any]) -> dict:
         """Scores of ``composed(λ)`` at the λ among ``scales`` (numbers, or one per skill) with
-        the best joint success on the validation content prompts, the first of equals (its
-        validation scores and ``strength`` kept)."""
-        validation = {lam: self.scores(composed(lam), "validation/content") for lam in scales}
-        best = max(scales, key=lambda lam: sum(validation[lam]["validation/content"]["joint"]))
+        the best joint success on the validation prompts ``tune_prompts``, the first of equals
+        (its validation scores and ``strength`` kept)."""
+        prompts = TUNE_PROMPTS[self.cfg.tune_prompts]
+        validation = {lam: self.scores(composed(lam), prompts) for lam in scales}
+        best = max(scales, key=lambda lam: sum(validation[lam][prompts]["joint"]))
         chosen = self.scores(composed(best), *COMPOSED_SETS)
         return {**chosen, **validation[best], "strength": best}
 

@@ -43,6 +43,7 @@ def write(
 
     seeds = [s for s in cfg.seeds if all(f"seed{s}/{u}" in store for u in _units(cfg))]
     summary: dict[str, Any] = {"finished": finished, "seeds": seeds, "gate": {}, "methods": {}}
+    done = {m: [s for s in seeds if _finished(store, s, m)] for m in cfg.methods}
     summary["verdicts"] = {}
     rows = []
     if seeds:
@@ -51,11 +52,11 @@ def write(
         for skill in SKILLS:
             summary["gate"][skill] = _gate(cfg, store, seeds, skill)
         passed = all(g["passed"] for g in summary["gate"].values())
-        for method in cfg.methods:  # every seed counted has every method's cell
-            entry = _method(store, seeds, method, passed, rows)
+        for method in (m for m in cfg.methods if done[m]):  # over the seeds it has finished
+            entry = _method(store, done[method], method, passed, rows)
             summary["methods"][method] = entry
             summary["verdicts"][method] = entry["verdict"]
-        _vs_lora(store, seeds, summary)
+        _vs_lora(store, summary)
     table = pd.DataFrame(rows)
     write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(folder / "results.csv", table.to_csv(index=False))
@@ -77,7 +78,7 @@ def _method(
 
     unit = f"compose/{method}"
     alone = dict(zip(SKILLS, ALONE[method], strict=True))
-    entry: dict[str, Any] = {"retained_share": {}}
+    entry: dict[str, Any] = {"seeds": seeds, "retained_share": {}}
     for skill in SKILLS:
         prompts, check = OWN[skill]
         arrays = (
@@ -90,6 +91,7 @@ def _method(
         rows.append(
             {
                 "method": method,
+                "seeds": len(seeds),
                 "skill": skill,
                 "gate_passed": passed,
                 "base": round(float(arrays[2].mean()), 4),
@@ -122,11 +124,22 @@ def _method(
 
 
 def _units(cfg: GenConfig) -> list[str]:
-    """The cells a seed needs before it counts: the base, every skill, every method."""
-    from .generation_bench import gate_units, skill_units
+    """The cells a seed needs before it counts: the base, every single-skill adapter and the
+    gate (a method counts the seeds whose composition it has finished, `_finished`)."""
+    from .generation_bench import SKILLS, gate_units, skill_units
 
-    units = ["base", *sorted(skill_units(cfg)), *gate_units(cfg)]
-    return units + [f"compose/{m}" for m in cfg.methods]
+    skills = [
+        u for u in sorted(skill_units(cfg)) if u.split("/")[:2] in (["skill", s] for s in SKILLS)
+    ]
+    return ["base", *skills, *gate_units(cfg)]
+
+
+def _finished(store: ResultStore, seed: int, method: str) -> bool:
+    """Whether ``method``'s composition and the cells its skills are measured alone by are in
+    the store at ``seed``."""
+    from .generation_bench import ALONE
+
+    return all(f"seed{seed}/{u}" in store for u in (f"compose/{method}", *ALONE[method]))
 
 
 def _scores(
@@ -169,15 +182,17 @@ def _gate(cfg: GenConfig, store: ResultStore, seeds: list[int], skill: str) -> d
     return {**result, "passed": passed}
 
 
-def _vs_lora(store: ResultStore, seeds: list[int], summary: dict[str, Any]) -> None:
-    """Per RoAd method: its joint success − LoRA task arithmetic's (paired interval)."""
+def _vs_lora(store: ResultStore, summary: dict[str, Any]) -> None:
+    """Per RoAd method: its joint success − LoRA task arithmetic's (paired interval, over the
+    seeds both have finished)."""
     if "lora_ta" not in summary["methods"]:
         return
-    lora = _scores(store, seeds, "compose/lora_ta", "test", "content", "joint")
     for method, entry in summary["methods"].items():
-        if method == "lora_ta":
+        both = [s for s in entry["seeds"] if s in summary["methods"]["lora_ta"]["seeds"]]
+        if method == "lora_ta" or not both:
             continue
-        ours = _scores(store, seeds, f"compose/{method}", "test", "content", "joint")
+        lora = _scores(store, both, "compose/lora_ta", "test", "content", "joint")
+        ours = _scores(store, both, f"compose/{method}", "test", "content", "joint")
         entry["joint_vs_lora_task_arithmetic"] = _listed(
             paired_bootstrap(lambda a, b: a.mean() - b.mean(), ours, lora)
         )
@@ -292,13 +307,13 @@ def _readme(
         "answer (the base model's own judgement, formatted): `joint − format alone` is what the "
         "content skill adds inside the composition.",
         "",
-        "| method | joint success | independence product | joint − product | joint − prompted "
-        "base | format alone | joint − format alone | joint − LoRA TA |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | joint success | independence product | joint − product | joint − "
+        "prompted base | format alone | joint − format alone | joint − LoRA TA |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, e in summary["methods"].items():
         lines.append(
-            f"| {method} | {e['joint_success']} | {e['independence_product']} | "
+            f"| {method} | {e['seeds']} | {e['joint_success']} | {e['independence_product']} | "
             f"{e['joint_minus_independence']} | {e['joint_minus_prompted_base']} | "
             f"{e['format_alone_joint']} | {e['joint_minus_format_alone']} | "
             f"{e.get('joint_vs_lora_task_arithmetic', '–')} |"

@@ -72,6 +72,7 @@ def _generation(folder: str, summary: dict[str, Any]) -> dict[str, Any]:
     gate = {skill: g["passed"] for skill, g in summary["gate"].items()}
     methods = {
         method: {
+            "seeds": entry.get("seeds", summary["seeds"]),  # a method may lag in a partial run
             "retained_share": entry["retained_share"],
             "vs_lora_task_arithmetic": entry.get("joint_vs_lora_task_arithmetic"),
             "joint_success": entry["joint_success"],
@@ -180,7 +181,8 @@ def _readme(summary: dict[str, Any]) -> str:
             shares = "; ".join(f"{s} {v}" for s, v in e["retained_share"].items())
             best = " (best RoAd)" if method == pair["best_road_method"] else ""
             lines.append(
-                f"| {name} | {pair['kind']} | {pair['seeds']} | {gate} | {method}{best} | "
+                f"| {name} | {pair['kind']} | {e.get('seeds', pair['seeds'])} | {gate} | "
+                f"{method}{best} | "
                 f"{shares} | {e['vs_lora_task_arithmetic'] or '–'} | {e['verdict']} |"
             )
     return "\n".join(lines) + "\n"
