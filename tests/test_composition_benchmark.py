@@ -18,14 +18,17 @@ def test_store_skips_finished_cells_and_survives_a_cut_last_line(tmp_path):
         return name, lambda: calls.append(name) or {"value": len(calls)}
 
     store = ResultStore(tmp_path)
-    assert run_cells([cell("a"), cell("b")], store, log=lambda _: None)
-    assert calls == ["a", "b"]
+    assert not run_cells([cell("a"), cell("b")], store, log=lambda _: None, only=["b"])
+    assert calls == ["b"]  # "a" is left to another process: not finished yet
+    assert run_cells([cell("a"), cell("b")], ResultStore(tmp_path), log=lambda _: None)
+    assert calls == ["b", "a"]
+    store = ResultStore(tmp_path)
     with open(store.path, "a") as f:
         f.write('{"key": "c", "val')  # a kill while writing the third cell
     again = ResultStore(tmp_path)
     assert "a" in again and "c" not in again
     assert run_cells([cell("a"), cell("b"), cell("c")], again, log=lambda _: None)
-    assert calls == ["a", "b", "c"]
+    assert calls == ["b", "a", "c"]
     assert set(ResultStore(tmp_path).records) == {"a", "b", "c"}  # the cut line is gone
     assert not run_cells([cell("d")], again, budget_minutes=0, log=lambda _: None)
     lines = store.path.read_text().splitlines()

@@ -38,7 +38,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -353,17 +353,22 @@ def cells(cfg: BenchConfig, folder: Path, store: ResultStore) -> Iterator[tuple[
 
 
 def run_benchmark(
-    cfg: BenchConfig, out: str | Path, budget_minutes: float | None = None
+    cfg: BenchConfig,
+    out: str | Path,
+    budget_minutes: float | None = None,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
+    """Run (or continue) the benchmark into ``out`` (``only``: the cells whose key starts with
+    one of these) and rewrite its report; the summary."""
     store = open_store(out, cfg)
     started = time.perf_counter()
-    finished = run_cells(cells(cfg, store.folder, store), store, budget_minutes)
+    finished = run_cells(cells(cfg, store.folder, store), store, budget_minutes, only=only)
+    store = ResultStore(store.folder)  # with the cells other processes added meanwhile
     return bench_report.write(cfg, store, store.folder, finished, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
-    preset, out, budget, changes = parse_cli(
+    preset, out, budget, changes, only = parse_cli(
         argv,
         prog="python -m experiments.composition.benchmark",
         description="The composition benchmark: pairs x methods x seeds as resumable cells; "
@@ -371,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         presets=PRESETS,
         config=BenchConfig,
     )
-    summary = run_benchmark(make_config(preset, **changes), out, budget)
+    summary = run_benchmark(make_config(preset, **changes), out, budget, only)
     print(json.dumps(summary["verdicts"], indent=2))
     return 0
 

@@ -612,19 +612,24 @@ def _run_order(unit: str) -> tuple[bool, bool, str]:
 
 
 def run_benchmark(
-    cfg: GenConfig, out: str | Path, budget_minutes: float | None = None
+    cfg: GenConfig,
+    out: str | Path,
+    budget_minutes: float | None = None,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run (or continue) the benchmark into ``out`` and rewrite its report; the summary."""
+    """Run (or continue) the benchmark into ``out`` (``only``: the cells whose key starts with
+    one of these) and rewrite its report; the summary."""
     store = open_store(out, cfg)
     started = time.perf_counter()
-    finished = run_cells(cells(cfg, store), store, budget_minutes)
+    finished = run_cells(cells(cfg, store), store, budget_minutes, only=only)
+    store = ResultStore(store.folder)  # with the cells other processes added meanwhile
     return generation_report.write(
         cfg, store, store.folder, finished, time.perf_counter() - started
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    preset, out, budget, changes = parse_cli(
+    preset, out, budget, changes, only = parse_cli(
         argv,
         prog="python -m experiments.composition.generation_bench",
         description="Content x format composition on SmolLM2 (sentiment or arithmetic x JSON, "
@@ -633,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         presets=PRESETS,
         config=GenConfig,
     )
-    summary = run_benchmark(make_config(preset, **changes), out, budget)
+    summary = run_benchmark(make_config(preset, **changes), out, budget, only)
     print(json.dumps(summary["verdicts"], indent=2))
     return 0
 

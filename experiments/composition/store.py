@@ -4,16 +4,18 @@ One JSON line per finished cell in ``store.jsonl`` (appended and flushed to disk
 cell is done), each ``{"key": ..., ...}``. A run skips every cell whose key is in the store,
 so running the same command again continues where the last sitting stopped; a cell killed
 half-way left no line and runs again. `run_cells` stops starting new cells once a time
-budget is spent.
+budget is spent. Processes may share one store (each appends under a lock): ``--only seed1``
+in one shell and ``--only seed2`` in another run two seeds side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -30,18 +32,22 @@ class ResultStore:
         self.folder = Path(folder)
         self.path = self.folder / "store.jsonl"
         self.records: dict[str, dict[str, Any]] = {}
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if number == len(lines):  # cut by a kill: that cell runs again
-                    write_text_atomic(self.path, "".join(x + "\n" for x in lines[:-1]))
-                    continue
-                raise ValueError(
-                    f"{self.path}:{number} is not JSON; the store is corrupt"
-                ) from None
-            self.records[record["key"]] = record
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # not half-way through another process's append
+            lines = f.read().splitlines(keepends=True)
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if number == len(lines):  # cut by a kill: that cell runs again
+                        f.truncate(sum(map(len, lines[:-1])))
+                        continue
+                    raise ValueError(
+                        f"{self.path}:{number} is not JSON; the store is corrupt"
+                    ) from None
+                self.records[record["key"]] = record
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -50,10 +56,12 @@ class ResultStore:
         return self.records[key]
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        """Append one finished cell (flushed and synced before returning)."""
+        """Append one finished cell (flushed and synced before returning; under a lock, as
+        another process may be appending to the same store)."""
         record = {"key": key, **record}
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -65,14 +73,20 @@ def run_cells(
     store: ResultStore,
     budget_minutes: float | None = None,
     log: Callable[[str], None] = print,
+    only: Sequence[str] = (),
 ) -> bool:
-    """Run each (key, compute) cell not yet in ``store`` and store what it returns.
+    """Run each (key, compute) cell not yet in ``store`` and store what it returns; with
+    ``only``, just the cells whose key starts with one of those prefixes (``"seed1"``).
 
     Returns True when every cell is finished, False when the budget stopped the run early
-    (run again to continue)."""
+    (run again to continue) or a cell left to another process is not in the store yet."""
     started = time.perf_counter()
+    others_done = True
     for key, compute in cells:
         if key in store:
+            continue
+        if only and not key.startswith(tuple(only)):
+            others_done = False
             continue
         spent = (time.perf_counter() - started) / 60
         if budget_minutes is not None and spent >= budget_minutes:
@@ -82,7 +96,7 @@ def run_cells(
         record = compute()
         store.put(key, {**record, "seconds": round(time.perf_counter() - t0, 1)})
         log(f"done {key} ({time.perf_counter() - t0:.0f} s)")
-    return True
+    return others_done
 
 
 def open_store(out: str | Path, cfg: Any) -> ResultStore:
@@ -97,16 +111,16 @@ def open_store(out: str | Path, cfg: Any) -> ResultStore:
             f"{folder} holds a benchmark with other settings ({settings}); continue it with "
             "the same preset and settings, or choose another output folder"
         )
-    settings.write_text(json.dumps(wanted, indent=2) + "\n")
-    (folder / "machine.json").write_text(json.dumps(machine.describe(), indent=2) + "\n")
+    write_text_atomic(settings, json.dumps(wanted, indent=2) + "\n")
+    write_text_atomic(folder / "machine.json", json.dumps(machine.describe(), indent=2) + "\n")
     return ResultStore(folder)
 
 
 def parse_cli(
     argv: list[str] | None, prog: str, description: str, presets: Iterable[str], config: type
-) -> tuple[str, str, float | None, dict[str, Any]]:
+) -> tuple[str, str, float | None, dict[str, Any], list[str]]:
     """A benchmark's command line: (preset, output folder, budget minutes, setting changes
-    from ``--set KEY=JSON``, lists read as tuples)."""
+    from ``--set KEY=JSON`` with lists read as tuples, the key prefixes of ``--only``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--preset", default="quick", choices=sorted(presets))
     parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
@@ -120,12 +134,21 @@ def parse_cli(
         metavar="KEY=JSON",
         help=f"override settings, e.g. seeds=[0,1] (fields: {[f.name for f in fields(config)]})",
     )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        metavar="PREFIX",
+        help="run only the cells whose key starts with one of these, e.g. seed1 (several "
+        "processes can share one output folder, each with its own seeds; the report counts "
+        "every finished cell)",
+    )
     args = parser.parse_args(argv)
     changes = {}
     for item in args.set:
         key, _, value = item.partition("=")
         changes[key] = _tuples(json.loads(value))
-    return args.preset, args.output, args.budget_minutes, changes
+    return args.preset, args.output, args.budget_minutes, changes, args.only
 
 
 def _tuples(value: Any) -> Any:
