@@ -113,15 +113,21 @@ def number_check(answer: str, gold: str) -> bool:
     return first_number(answer) == gold.strip()
 
 
-def json_answer(answer: str) -> str | None:
-    """The ``"answer"`` field of the JSON object the answer's first line is, as text; None
-    if the line is not such an object."""
+def json_object(answer: str) -> dict | None:
+    """The JSON object the answer's first line is; None if that line is not one."""
     line = answer.strip().split("\n", 1)[0]
     try:
         value = json.loads(line)
     except json.JSONDecodeError:
         return None
-    if not isinstance(value, dict) or "answer" not in value:
+    return value if isinstance(value, dict) else None
+
+
+def json_answer(answer: str) -> str | None:
+    """The ``"answer"`` field of the JSON object the answer's first line is, as text; None
+    if the line is not such an object."""
+    value = json_object(answer)
+    if value is None or "answer" not in value:
         return None
     return str(value["answer"])
 

@@ -82,6 +82,23 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
 
 
 @pytest.mark.real
+def test_the_gate_screen_compares_the_probe_with_all_planes_and_resumes(tmp_path):
+    from experiments.composition.benchmark import make_config
+    from experiments.composition.gate_screen import screen
+
+    cfg = make_config("quick", steps=2, train_examples=32, val_examples=16, test_examples=16)
+    table = screen(["multiemo_en"], tmp_path, cfg)
+    row = table.iloc[0]
+    assert row["gain"] == pytest.approx(row["all_planes"] - row["probe"], abs=1e-3)
+    assert row["could_pass"] == (row["gain"] >= cfg.gate) and row["test_items"] == 16
+    keys = set(ResultStore(tmp_path).records)
+    assert keys == {"seed0/probe/multiemo_en", "seed0/all/multiemo_en"}
+    assert screen(["multiemo_en"], tmp_path, cfg).equals(table)  # resumed: nothing retrained
+    assert set(ResultStore(tmp_path).records) == keys
+    assert "| multiemo_en |" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.real
 @pytest.mark.slow
 def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     from safetensors.torch import load_file
@@ -118,6 +135,8 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
         low, point, high = entry["joint_minus_prompted_base"]
         assert low <= point <= high
         assert "joint_vs_lora_task_arithmetic" in entry and "joint_minus_format_alone" in entry
+        assert sum(entry["answers"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert entry["answers"]["joint success"] == pytest.approx(entry["joint_success"][1])
     assert (tmp_path / "README.md").read_text().startswith("# Generation composition")
     keys = set(store.records)
     assert run_benchmark(cfg, tmp_path)["finished"]  # every cell is skipped

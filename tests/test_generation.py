@@ -15,6 +15,7 @@ from road_interp.generation import (
     json_check,
     json_content_check,
     json_gold_check,
+    json_object,
     label_check,
     number_check,
     score,
@@ -43,6 +44,8 @@ def test_json_answer_reads_the_first_line_only():
     assert json_answer(' {"answer": 3}') == "3"
     for bad in ('{"label": "x"}', "positive", '["answer"]', '{"answer": "x"'):
         assert json_answer(bad) is None
+    assert json_object('{"label": "x"}\n') == {"label": "x"}  # JSON, another field
+    assert json_object('["answer"]') is None and json_object("positive") is None
     assert json_gold_check('{"answer": " Positive "}', "positive")
     assert not json_gold_check('{"answer": "negative"}', "positive")
     assert json_check('{"answer": "negative"}', "positive")

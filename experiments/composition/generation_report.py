@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from road_interp.files import atomic_file, write_text_atomic
+from road_interp.generation import json_answer, json_object
 from road_interp.intervals import paired_bootstrap, verdict
 
 from .bench_report import kept, share
@@ -119,8 +120,33 @@ def _method(
     entry["joint_minus_prompted_base"] = _listed(paired_bootstrap(difference, joint, prompted))
     entry["format_alone_joint"] = _mean_interval(format_joint)
     entry["joint_minus_format_alone"] = _listed(paired_bootstrap(difference, joint, format_joint))
+    entry["answers"] = answer_kinds(store, seeds, unit)
     entry["verdict"] = _verdict(passed, entry)
     return entry
+
+
+ANSWER_KINDS = ("joint success", "JSON answer, wrong content", "JSON, other fields", "not JSON")
+
+
+def answer_kinds(store: ResultStore, seeds: list[int], unit: str) -> dict[str, float]:
+    """What a unit's answers to the test content prompts are, as shares (over seeds and
+    prompts) that add up to 1: joint successes, and the three ways to fail — an ``answer``
+    field with the wrong content, a JSON object without one (``{"score": "negative"}``),
+    no JSON object at all."""
+    counts = dict.fromkeys(ANSWER_KINDS, 0)
+    for seed in seeds:
+        scored = store[f"seed{seed}/{unit}"]["test/content"]
+        for answer, joint in zip(scored["answer"], scored["joint"], strict=True):
+            if joint:
+                counts["joint success"] += 1
+            elif json_answer(answer) is not None:
+                counts["JSON answer, wrong content"] += 1
+            elif json_object(answer) is not None:
+                counts["JSON, other fields"] += 1
+            else:
+                counts["not JSON"] += 1
+    total = sum(counts.values())
+    return {kind: round(n / total, 4) for kind, n in counts.items()}
 
 
 def _units(cfg: GenConfig) -> list[str]:
@@ -320,6 +346,18 @@ def _readme(
         )
     if summary["methods"]:
         lines += ["", "![joint success](joint.png)"]
+        lines += [
+            "",
+            "What the answers to the content prompts are (shares over seeds and prompts; each "
+            "row adds up to 1):",
+            "",
+            "| method | " + " | ".join(ANSWER_KINDS) + " |",
+            "| --- |" + " --- |" * len(ANSWER_KINDS),
+        ]
+        for method, e in summary["methods"].items():
+            lines.append(
+                f"| {method} | " + " | ".join(str(e["answers"][k]) for k in ANSWER_KINDS) + " |"
+            )
     lines += ["", "## Verdicts", ""]
     lines += [f"- {k}: {v}" for k, v in summary["verdicts"].items()]
     return "\n".join(lines) + "\n"
