@@ -338,9 +338,11 @@ def compose_folders(
     overwrite: bool = False,
     keep_extra: int | None = None,
     drop_extra: bool = False,
+    ties_density: float | None = None,
 ) -> tuple[Path, pd.DataFrame]:
     """Read adapter folders, transform each (restrict to a subspace spec, scale, invert, in
-    that order), take their `union` and write it atomically, validated (a scale that overflows
+    that order), take their `union` (or, with ``ties_density``, their TIES merge,
+    `road_interp.merging.ties`) and write it atomically, validated (a scale that overflows
     to inf is refused); an adapter folder already at ``output`` is replaced only with
     ``overwrite``. ``inverted`` and ``keep_extra`` (the input whose extra weights win where
     inputs disagree, `merge_extra`) hold 0-based input positions. Returns the output folder
@@ -376,6 +378,11 @@ def compose_folders(
     check_composable(adapters)
     report = overlap_report(adapters) if n > 1 else pd.DataFrame(columns=OVERLAP_COLUMNS)
     keep = list(adapters)[keep_extra] if keep_extra is not None else None
-    result = union(adapters, on_overlap=on_overlap, keep_extra=keep, drop_extra=drop_extra)
+    if ties_density is None:
+        result = union(adapters, on_overlap=on_overlap, keep_extra=keep, drop_extra=drop_extra)
+    else:
+        from .merging import ties  # merging builds on this module
+
+        result = ties(adapters, ties_density, keep_extra=keep, drop_extra=drop_extra)
     written = (write_peft if peft else write_adapter)(result, output, overwrite=overwrite)
     return written, report

@@ -302,6 +302,22 @@ def test_cli_compose_union_scale_invert_and_overlap(tmp_path, capsys):
     assert not (tmp_path / "X").exists()
 
 
+def test_cli_compose_ties_merges_adapters_on_the_same_planes(tmp_path):
+    from road_interp.merging import ties
+
+    a, b = make("road_1", seed=1, positive=True), make("road_1", seed=2, positive=True)
+    write_adapter(a, tmp_path / "A")
+    write_adapter(b, tmp_path / "B")
+    folders = [str(tmp_path / "A"), str(tmp_path / "B")]
+    assert cli_main(["compose", *folders, "--ties", "0.3", "-o", str(tmp_path / "T")]) == 0
+    merged, expected = read_adapter(tmp_path / "T"), ties([a, b], density=0.3)
+    for site in SITES:
+        for got, want in zip(merged.params[site], expected.params[site], strict=True):
+            torch.testing.assert_close(got, want)
+    assert cli_main(["compose", *folders, "--ties", "0", "-o", str(tmp_path / "Z")]) == 1
+    assert not (tmp_path / "Z").exists()  # density must be in (0, 1]: nothing written
+
+
 # -- the composition experiments' plumbing --------------------------------------------------
 def test_multihead_cross_entropy_equals_each_rows_own_head():
     from experiments.composition.heads import MultiHead, rows_set

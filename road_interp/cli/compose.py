@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
         "takes the parameters of the one adapter that moves it. Planes moved by several "
         "adapters are an error (the overlap report is printed) unless --on-overlap product. "
         "Example, remove skill B from a joint adapter AB: "
-        "road-interp compose AB B --invert 2 --on-overlap product -o A",
+        "road-interp compose AB B --invert 2 --on-overlap product -o A. With --ties, adapters "
+        "trained on the same planes are TIES-merged instead.",
     )
     p.add_argument("adapters", nargs="+", help="adapter folders, in the order they act")
     p.add_argument("-o", "--output", required=True, help="folder to write (atomically)")
@@ -56,6 +57,14 @@ def add_parser(sub) -> None:
         help="restrict each input (one spec, or one per input) to a subspace: all, half:K, "
         "part:K/N, range:START:STOP, random:FRACTION:SEED or groups:I,J,...",
     )
+    p.add_argument(
+        "--ties",
+        type=float,
+        metavar="DENSITY",
+        help="TIES-merge the inputs instead of their union (for adapters on the same planes): "
+        "per adapter keep the DENSITY share of largest |θ| and |log α|, elect a sign per "
+        "entry, average the entries that agree with it (e.g. 0.2)",
+    )
     extra = p.add_mutually_exclusive_group()
     extra.add_argument(
         "--keep-extra",
@@ -92,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             keep_extra=args.keep_extra - 1 if args.keep_extra is not None else None,
             drop_extra=args.drop_extra,
+            ties_density=args.ties,
         )
     except OverlapError as err:
         print(err.report.to_string(index=False))
