@@ -175,7 +175,7 @@ COMPOSED_OF = {
 """The cells whose adapters each method composes (content, format), or (``joint``) the one
 adapter trained on both skills' data."""
 ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned")}
-ALONE["joint"] = COMPOSED_OF["halves"]
+ALONE |= {"joint": COMPOSED_OF["halves"]}
 """The cells each method's skills are measured alone by: each skill trained on its own (for
 ``aware``, the format skill trained without the content skill; for ``joint``, on its half
 of the same planes)."""

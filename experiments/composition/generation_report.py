@@ -154,9 +154,8 @@ def _units(cfg: GenConfig) -> list[str]:
     gate (a method counts the seeds whose composition it has finished, `_finished`)."""
     from .generation_bench import SKILLS, gate_units, skill_units
 
-    skills = [
-        u for u in sorted(skill_units(cfg)) if u.split("/")[:2] in (["skill", s] for s in SKILLS)
-    ]
+    single = tuple(f"skill/{s}/" for s in SKILLS)
+    skills = [u for u in sorted(skill_units(cfg)) if u.startswith(single)]
     return ["base", *skills, *gate_units(cfg)]
 
 
