@@ -34,7 +34,7 @@ class ResultStore:
         self.records: dict[str, dict[str, Any]] = {}
         if not self.path.exists():
             return
-        with open(self.path, "rb+") as f:
+        with open(self.path, "rb") as f:  # a read-only results folder reads too
             fcntl.flock(f, fcntl.LOCK_EX)  # not half-way through another process's append
             lines = f.read().splitlines(keepends=True)
             for number, line in enumerate(lines, 1):
@@ -42,7 +42,7 @@ class ResultStore:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     if number == len(lines):  # cut by a kill: that cell runs again
-                        f.truncate(sum(map(len, lines[:-1])))
+                        os.truncate(self.path, sum(map(len, lines[:-1])))
                         continue
                     raise ValueError(
                         f"{self.path}:{number} is not JSON; the store is corrupt"
