@@ -24,6 +24,7 @@ import pandas as pd
 from road_interp.files import write_text_atomic
 
 from .benchmark import BenchConfig, PairRun
+from .report import markdown_table
 from .store import open_store, run_cells
 
 
@@ -67,7 +68,6 @@ def screen(
 
 
 def _readme(table: pd.DataFrame, cfg: BenchConfig, seed: int) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
     lines = [
         "# Gate screen: which MiniLM tasks could pass the composition gate",
         "",
@@ -76,10 +76,8 @@ def _readme(table: pd.DataFrame, cfg: BenchConfig, seed: int) -> str:
         "on validation (test beside it); `gain` = RoAd1 on all planes − the frozen encoder's "
         f"linear probe on mean-pooled features; a task could pass only if gain ≥ {cfg.gate}.",
         "",
-        header,
-        "|" + " --- |" * len(table.columns),
+        markdown_table(table),
     ]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
