@@ -160,7 +160,7 @@ def answer_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor,
     road = road_model_in(model)
     prompt = batch["attention_mask"].bool() & (labels == IGNORE_INDEX)
     with road.prompt_tokens(prompt) if road is not None else nullcontext():
-        if _accepts(model, "logits_to_keep"):
+        if accepts(model, "logits_to_keep"):
             logits = model(**inputs, logits_to_keep=keep).logits  # (B, keep, V)
         else:
             logits = model(**inputs).logits[:, -keep:]
@@ -268,6 +268,6 @@ def _pad_id(tokenizer: Any) -> int:
     return pad_id if pad_id is not None else tokenizer.eos_token_id
 
 
-def _accepts(model: nn.Module, argument: str) -> bool:
+def accepts(model: nn.Module, argument: str) -> bool:
     """Whether the Hugging Face model inside ``model`` takes keyword ``argument``."""
     return argument in inspect.signature(unwrap(model).forward).parameters

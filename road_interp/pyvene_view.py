@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from . import rotation
 from .config import Positions, RoadConfig
 from .io import AdapterFile
-from .layers import RoadAdapter, RoadSite
+from .layers import RoadAdapter, RoadOutput, RoadSite
 
 
 class RoadIntervention(
@@ -256,7 +256,20 @@ def intervenable(
     ``group=True`` puts them all in one group, so a single source input feeds all of them.
     pyvene freezes every model parameter; the ``requires_grad`` flags of RoAd adapters inside
     the model (a `RoadModel`'s sites) are restored afterwards.
+
+    pyvene removes every forward hook of the model before each call, so RoAd sites on module
+    outputs (`road_interp.layers.RoadOutput`, hooks) would silently stop acting: a model with
+    any is refused (exchange on such models with `road_interp.interchange.SuffixInterchange`).
+    Sites on Linear layers are modules, not hooks, and keep acting.
     """
+    hooked = sorted(m.site_name for m in model.modules() if isinstance(m, RoadOutput))
+    if hooked:
+        raise ValueError(
+            f"the model has RoAd sites on module outputs ({', '.join(hooked)}); pyvene removes "
+            "every forward hook before it runs, so they would silently stop acting. Use "
+            "road_interp.interchange.SuffixInterchange for interchanges on this model, or "
+            "to_pyvene(plain_model, adapter) to run the adapter as pyvene interventions"
+        )
     ours = [p for m in model.modules() if isinstance(m, RoadSite) for p in m.adapters.parameters()]
     grads = [p.requires_grad for p in ours]
     reps = []

@@ -105,6 +105,17 @@ class Subspace:
         return cls(sizes, planes, name or f"random:{fraction:g}:{seed}")
 
     @classmethod
+    def random_like(cls, other: Subspace, seed: int, name: str = "") -> Subspace:
+        """A null for ``other``: as many seeded random planes of each of its sites as it has
+        there, drawn from all of the site's planes (sites drawn in sorted order)."""
+        gen = torch.Generator().manual_seed(seed)
+        planes = {}
+        for site in sorted(other.planes):
+            n = other.sizes[site] // 2
+            planes[site] = torch.randperm(n, generator=gen)[: other.planes[site].numel()]
+        return cls(other.sizes, planes, name or f"random-like:{other.name}:{seed}")
+
+    @classmethod
     def groups(
         cls, sizes: Mapping[str, int], group_size: int, groups: Sequence[int], name: str = ""
     ) -> Subspace:

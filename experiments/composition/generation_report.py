@@ -49,7 +49,7 @@ def write(
     rows = []
     if seeds:
         prompted = _scores(store, seeds, "base", "test", "prompted", "joint")
-        summary["prompted_base_joint"] = _mean_interval(prompted)
+        summary["prompted_base_joint"] = mean_interval(prompted)
         for skill in SKILLS:
             summary["gate"][skill] = _gate(cfg, store, seeds, skill)
         passed = all(g["passed"] for g in summary["gate"].values())
@@ -88,7 +88,7 @@ def _method(
             _scores(store, seeds, "base", "test", prompts, check),
         )
         interval = paired_bootstrap(share, *arrays)
-        entry["retained_share"][skill] = _listed(interval)
+        entry["retained_share"][skill] = listed(interval)
         rows.append(
             {
                 "method": method,
@@ -110,16 +110,16 @@ def _method(
     format_joint = _scores(store, seeds, alone["format"], "test", "content", "joint")
     prompted = _scores(store, seeds, "base", "test", "prompted", "joint")
     difference = lambda a, b: a.mean() - b.mean()  # noqa: E731
-    entry["joint_success"] = _mean_interval(joint)
+    entry["joint_success"] = mean_interval(joint)
     entry["independence_product"] = round(float(content_alone.mean() * format_alone.mean()), 4)
-    entry["joint_minus_independence"] = _listed(
+    entry["joint_minus_independence"] = listed(
         paired_bootstrap(
             lambda j, c, f: j.mean() - c.mean() * f.mean(), joint, content_alone, format_alone
         )
     )
-    entry["joint_minus_prompted_base"] = _listed(paired_bootstrap(difference, joint, prompted))
-    entry["format_alone_joint"] = _mean_interval(format_joint)
-    entry["joint_minus_format_alone"] = _listed(paired_bootstrap(difference, joint, format_joint))
+    entry["joint_minus_prompted_base"] = listed(paired_bootstrap(difference, joint, prompted))
+    entry["format_alone_joint"] = mean_interval(format_joint)
+    entry["joint_minus_format_alone"] = listed(paired_bootstrap(difference, joint, format_joint))
     entry["answers"] = answer_kinds(store, seeds, unit)
     entry["verdict"] = _verdict(passed, entry)
     return entry
@@ -218,7 +218,7 @@ def _vs_lora(store: ResultStore, summary: dict[str, Any]) -> None:
             continue
         lora = _scores(store, both, "compose/lora_ta", "test", "content", "joint")
         ours = _scores(store, both, f"compose/{method}", "test", "content", "joint")
-        entry["joint_vs_lora_task_arithmetic"] = _listed(
+        entry["joint_vs_lora_task_arithmetic"] = listed(
             paired_bootstrap(lambda a, b: a.mean() - b.mean(), ours, lora)
         )
 
@@ -237,11 +237,11 @@ def _verdict(passed: bool, entry: dict[str, Any]) -> str:
     )
 
 
-def _mean_interval(scores: np.ndarray) -> list[float | None]:
-    return _listed(paired_bootstrap(lambda x: x.mean(), scores))
+def mean_interval(scores: np.ndarray) -> list[float | None]:
+    return listed(paired_bootstrap(lambda x: x.mean(), scores))
 
 
-def _listed(interval: tuple[float, float, float]) -> list[float | None]:
+def listed(interval: tuple[float, float, float]) -> list[float | None]:
     """[low, point, high], rounded; JSON has no NaN, so an undefined end is null."""
     return [None if math.isnan(v) else round(v, 4) for v in interval]
 

@@ -280,13 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="run only these models' groups: one process per model, each with --models (a process only knows the cells the store held when it started, so an unfiltered one would redo them)",
     )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (default: the preset's), e.g. 1 beside another job"
+    )
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
     args = parser.parse_args(argv)
     preset = Preset.load(args.preset)
     preset.validate()
     if args.models:
         preset = replace(preset, groups=tuple(g for g in preset.groups if g.model in args.models))
-    torch.set_num_threads(preset.threads)
+    torch.set_num_threads(args.threads or preset.threads)
     out = Path(args.out) if args.out else results_folder(preset.name)
     store = ResultStore(out)
     work = Path(args.work_dir or Path(tempfile.gettempdir()) / f"road_finetune_{preset.name}")
