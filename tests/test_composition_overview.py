@@ -61,3 +61,13 @@ def test_a_gap_to_lora_inside_the_noise_does_not_count_as_beating_it(tmp_path):
     targets = overview.write(tmp_path)["targets"]
     beats = next(v for k, v in targets.items() if k.startswith("beats LoRA"))
     assert beats == "not met (0 of 1 pairs)"
+
+
+def test_the_interchange_claims_are_listed_and_not_taken_for_a_pair(tmp_path):
+    _folder(tmp_path, "gen", _generation_summary({"aware": 0.7}, [0.1, 0.2, 0.3]), {})
+    claim = {"iia": [0.4, 0.5, 0.6], "vs_null": [-0.3, -0.2, -0.1], "verdict": "below chance"}
+    models = {"content": {"seeds": [0], "sets": {"top": {**claim, "vs_base": [-0.1, 0.0, 0.1]}}}}
+    _folder(tmp_path, "interchange", {"finished": True, "models": models, "verdicts": {}}, {})
+    summary = overview.write(tmp_path)
+    assert set(summary["pairs"]) == {"gen/sentiment"} and summary["interchange"] == models
+    assert "| content | top | [0] | [0.4, 0.5, 0.6] |" in (tmp_path / "README.md").read_text()

@@ -147,6 +147,9 @@ def write(results: str | Path) -> dict[str, Any]:
     for pair in pairs.values():
         pair["best_road_method"] = best_method(pair)
     summary = {"pairs": pairs, "targets": targets(pairs)}
+    claims = results / "interchange" / "summary.json"
+    if claims.exists():  # the interchange benchmark: what the skill's planes carry
+        summary["interchange"] = json.loads(claims.read_text())["models"]
     write_text_atomic(results / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(results / "README.md", _readme(summary))
     return summary
@@ -185,6 +188,24 @@ def _readme(summary: dict[str, Any]) -> str:
                 f"{method}{best} | "
                 f"{shares} | {e['vs_lora_task_arithmetic'] or '–'} | {e['verdict']} |"
             )
+    if "interchange" in summary:
+        lines += [
+            "",
+            "## Interchange interventions: does the content skill's plane set carry its label?",
+            "",
+            "From `interchange/` (its README has the protocol): IIA of each plane set, its "
+            "difference from random plane sets of equal size and from the same planes in the "
+            "base model.",
+            "",
+            "| model | planes | seeds | IIA | vs random planes | vs base model | verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for model, entry in summary["interchange"].items():
+            for name, e in entry["sets"].items():
+                lines.append(
+                    f"| {model} | {name} | {entry['seeds']} | {e['iia']} | {e['vs_null']} | "
+                    f"{e.get('vs_base', '–')} | {e['verdict']} |"
+                )
     return "\n".join(lines) + "\n"
 
 
