@@ -41,6 +41,7 @@ from .analysis.stats import plane_table
 from .evaluation import accepts
 from .io import AdapterFile
 from .layers import RoadOutput
+from .model import unwrap
 from .subspaces import Subspace
 
 Masks = Mapping[str, Tensor]
@@ -102,7 +103,8 @@ class SuffixInterchange:
     """Interchanges on one left-padded batch of base prompts sharing their last ``k`` tokens.
 
     Args:
-        model: a causal LM (a Hugging Face model, or one with RoAd sites on all positions).
+        model: a causal LM: a Hugging Face model, or a `RoadModel` (or PEFT / DDP wrapper)
+            around one; RoAd sites on module outputs must act on all positions.
         batch: ``input_ids`` and ``attention_mask``, (B, L), left-padded.
         sites: module paths whose outputs are exchanged.
         label_ids: (C,) the token ids the readout compares.
@@ -121,6 +123,7 @@ class SuffixInterchange:
         label_ids: Sequence[int],
         k: int | None = None,
     ):
+        model = unwrap(model)  # site paths are the Hugging Face model's
         check_all_positions(model)
         self.model, self.sites = model, list(sites)
         self.ids, self.mask = batch["input_ids"], batch["attention_mask"]
@@ -130,9 +133,7 @@ class SuffixInterchange:
         self.label_ids = torch.as_tensor(list(label_ids), dtype=torch.long)
         self.positions = positions_of(self.mask)
         cut = self.ids.shape[1] - self.k
-        recorded: dict[str, Tensor] = {}
-        record = {site: self._recorder(recorded, site) for site in self.sites}
-        with torch.no_grad(), _hooks(model, record):
+        with torch.no_grad():
             out = model(
                 input_ids=self.ids[:, :cut],
                 attention_mask=self.mask[:, :cut],
@@ -185,16 +186,18 @@ class SuffixInterchange:
         unknown = set(masks) - set(self.sites)
         if unknown:
             raise ValueError(f"no recorded sites {sorted(unknown)}; this run has {self.sites}")
+        for site, mask in masks.items():  # checked before the run: a failed run spoils the cache
+            wanted = (len(self.ids), self.k, mask.numel())
+            if tuple(sources[site].shape) != wanted:
+                raise ValueError(
+                    f"{site}: sources are {tuple(sources[site].shape)}, this run needs "
+                    f"{wanted} (batch, k, d); record them with the same k and batch size"
+                )
 
         def exchange(site: str) -> Callable:
             def hook(module: nn.Module, args: tuple, output: Any) -> Any:
                 h = _hidden(output)
                 src = sources[site].to(h.dtype)
-                if src.shape != h.shape:
-                    raise ValueError(
-                        f"{site}: sources are {tuple(src.shape)}, the suffix run is "
-                        f"{tuple(h.shape)}; record them with the same k and batch size"
-                    )
                 return _with_hidden(output, torch.where(masks[site].to(h.device), src, h))
 
             return hook

@@ -112,6 +112,11 @@ def test_exchange_equals_a_patched_full_pass_with_the_adapter_acting():
     expected = full_logits(model.model, base, {s: (masks[s], sources[s]) for s in SITES})
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got, full_logits(model.model, base), atol=1e-3)
+    short = {s: v[:, 1:] for s, v in sources.items()}  # recorded with another k
+    run = SuffixInterchange(model, base, SITES, LABELS)  # a RoadModel: its inner model's paths
+    with pytest.raises(ValueError, match="batch, k, d"):
+        run.logits(masks, short)
+    torch.testing.assert_close(run.logits(masks, sources), got)  # the failed call left it whole
 
 
 def test_exchange_equals_pyvenes_interchange_on_a_plain_model():
