@@ -194,7 +194,7 @@ def test_the_interchange_benchmark_on_the_kept_sentiment_adapters(tmp_path):
     cell = ResultStore(tmp_path)["seed0/content"]
     gold, sources_of = np.array(cell["gold"]), np.array(cell["source"])
     assert (gold[sources_of] != gold).all()  # every source has the other label
-    names = {"plain", "content", "format", "top", "random-half/0", "random-top/0"}
+    names = {"plain", "all", "content", "format", "top", "random-half/0", "random-top/0"}
     assert set(cell["predicted"]) == names and all(len(p) == 8 for p in cell["predicted"].values())
     assert cell["planes"]["content"] == 8 * 144 and cell["planes"]["top"] == 8 * 16
     assert set(summary["verdicts"]) == {
@@ -203,5 +203,7 @@ def test_the_interchange_benchmark_on_the_kept_sentiment_adapters(tmp_path):
     low, point, high = summary["models"]["content"]["sets"]["content"]["vs_base"]
     assert low <= point <= high
     assert (tmp_path / "interchange.png").exists()
+    low, point, high = summary["models"]["base"]["all_planes_iia"]
+    assert low <= point <= high
     keys = set(ResultStore(tmp_path).records)
     assert run_benchmark(cfg, tmp_path)["finished"] and set(ResultStore(tmp_path).records) == keys

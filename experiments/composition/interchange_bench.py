@@ -16,7 +16,8 @@ source's gold one.
 Models (cells ``seed<i>/<model>``): ``content``, the content skill alone on its half of the
 planes (``skill/content/halves``); ``halves``, that skill composed with the format skill on
 the other half (the ``halves`` method's model); ``base``, the model without adapters. Plane
-sets, the same in every model of a seed: ``content`` (the content skill's half, ``half:0``),
+sets, the same in every model of a seed: ``all`` (every plane: how far an exchange at the
+suffix can move the label at all), ``content`` (the content skill's half, ``half:0``),
 ``format`` (the other half), ``top`` (the ``top`` planes per block the content adapter
 rotated most, by |θ|), and their **nulls**: ``nulls`` random plane sets with as many planes
 per block as ``content`` (``random-half``) and as ``top`` (``random-top``), drawn from all
@@ -117,6 +118,7 @@ class SeedInterchange:
         half = Subspace.from_spec("half:0", sizes)
         top = top_planes(content, cfg.top)
         self.plane_sets = {
+            "all": Subspace.full(sizes),
             "content": half,
             "format": Subspace.from_spec("half:1", sizes),
             "top": top,
