@@ -255,9 +255,10 @@ def _readme(
     lines += [f"- {k}: {v}" for k, v in summary["verdicts"].items()]
     lines += [
         "",
-        "Not run yet here: joint multi-task training (the upper bound), interchange "
-        "interventions with their nulls. Generation pairs on SmolLM2 are in "
-        "`experiments.composition.generation_bench`.",
+        "Not run yet here: joint multi-task training (the upper bound). Generation pairs on "
+        "SmolLM2, with the joint baseline, are in `experiments.composition.generation_bench`; "
+        "interchange interventions with their nulls (on the generation pair's sentiment "
+        "skill) in `experiments.composition.interchange_bench`.",
     ]
     return "\n".join(lines) + "\n"
 
