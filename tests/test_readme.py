@@ -1,6 +1,7 @@
 """The README runs as written: every ```python block is executed (each in a fresh namespace,
 in order, in one temporary working directory, so the README's relative paths such as
-``adapters/...`` land there and later blocks find what earlier ones saved), and every command
+``adapters/...`` land there and later blocks find what earlier ones saved; the repository's
+``experiments/`` is linked in, for blocks that read committed results), and every command
 of its ```bash blocks is either run (the cheap ones, with the small settings the README shows)
 or listed below with the reason it is not (long runs say their duration in the README)."""
 
@@ -77,6 +78,8 @@ def test_long_commands_say_how_long_they_take():
 def test_readme_blocks_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the README is read from the repository root: blocks may read its committed results
+    (tmp_path / "experiments").symlink_to(README.parent / "experiments")
     for i, code in enumerate(blocks("python")):
         namespace: dict = {"__name__": f"readme_block_{i}"}
         try:
