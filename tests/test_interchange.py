@@ -203,7 +203,7 @@ def test_the_interchange_benchmark_on_the_kept_sentiment_adapters(tmp_path):
     low, point, high = summary["models"]["content"]["sets"]["content"]["vs_base"]
     assert low <= point <= high
     assert (tmp_path / "interchange.png").exists()
-    low, point, high = summary["models"]["base"]["all_planes_iia"]
+    low, point, high = summary["models"]["base"]["all_planes_effect"]
     assert low <= point <= high
     keys = set(ResultStore(tmp_path).records)
     assert run_benchmark(cfg, tmp_path)["finished"] and set(ResultStore(tmp_path).records) == keys

@@ -35,14 +35,19 @@ SETS = {"content": "random-half", "format": "random-half", "top": "random-top"}
 
 def hits(store: ResultStore, seeds: list[int], model: str, name: str) -> np.ndarray:
     """(seeds, prompts) 1 where plane set ``name``'s exchange gave the source's gold label
-    (``plain``: where the unintervened prediction is the prompt's own gold)."""
+    (``plain``: where the prediction without an exchange already is the source's label, i.e.
+    wrong: what IIA counts with no exchange at all)."""
     rows = []
     for seed in seeds:
         cell = store[f"seed{seed}/{model}"]
-        gold = np.asarray(cell["gold"])
-        wanted = gold if name == "plain" else gold[np.asarray(cell["source"])]
-        rows.append(np.asarray(cell["predicted"][name]) == wanted)
+        source_gold = np.asarray(cell["gold"])[np.asarray(cell["source"])]
+        rows.append(np.asarray(cell["predicted"][name]) == source_gold)
     return np.asarray(rows, dtype=float)
+
+
+def effect(exchanged: np.ndarray, unchanged: np.ndarray) -> float:
+    """What an exchange moves: IIA − the share already at the source's label without it."""
+    return float(exchanged.mean() - unchanged.mean())
 
 
 def null_hits(store: ResultStore, seeds: list[int], model: str, null: str) -> np.ndarray:
@@ -67,10 +72,13 @@ def write(
         if not seeds:
             continue
         with_base = [s for s in seeds if f"seed{s}/base" in store]
+        unchanged = hits(store, seeds, model, "plain")
         entry: dict[str, Any] = {
             "seeds": seeds,
-            "accuracy": mean_interval(hits(store, seeds, model, "plain")),
-            "all_planes_iia": mean_interval(hits(store, seeds, model, "all")),
+            "accuracy": mean_interval(1 - unchanged),
+            "all_planes_effect": listed(
+                paired_bootstrap(effect, hits(store, seeds, model, "all"), unchanged)
+            ),
             "sets": {},
         }
         for name, null in SETS.items():
@@ -81,16 +89,19 @@ def write(
             at_least = int((draw_iia >= mine.mean(-1)).sum())
             result = {
                 "iia": mean_interval(mine),
+                "effect": listed(paired_bootstrap(effect, mine, unchanged)),
                 "null_iia": mean_interval(draws.mean(0)),
                 "vs_null": listed(vs_null),
                 "null_draws_at_least": f"{at_least} of {draw_iia.size}",
                 "verdict": _beyond_chance(vs_null),
             }
-            if model != "base" and with_base:
+            if model != "base" and with_base:  # effects, not IIAs: the models' errors differ
                 vs_base = paired_bootstrap(
-                    difference,
+                    lambda a, a0, b, b0: effect(a, a0) - effect(b, b0),
                     hits(store, with_base, model, name),
+                    hits(store, with_base, model, "plain"),
                     hits(store, with_base, "base", name),
+                    hits(store, with_base, "base", "plain"),
                 )
                 result["vs_base"] = listed(vs_base)
             entry["sets"][name] = result
@@ -130,6 +141,9 @@ def _row(model: str, name: str, null: str, seeds: int, planes: int, result: dict
         "iia": iia,
         "iia_low": low,
         "iia_high": high,
+        "effect": result["effect"][1],
+        "effect_low": result["effect"][0],
+        "effect_high": result["effect"][2],
         "null": null,
         "null_iia": result["null_iia"][1],
         "vs_null": result["vs_null"][1],
@@ -183,19 +197,21 @@ def _readme(
         f"tokens of the eight adapted blocks. {cfg.nulls} random plane sets per null and seed. "
         f"State: {state}; this sitting {seconds / 60:.1f} min.",
         "",
-        "IIA = share of pairs whose label turns into the source's gold label. `vs_null` = IIA "
-        "− the mean IIA of random plane sets with as many planes per block (paired over "
-        "prompts); `vs_base` = IIA − the same planes' IIA in the base model. Intervals: 95% "
-        "paired bootstrap over prompts, seeds as rows. `null_draws_at_least` = random draws "
-        "(over seeds) whose IIA reached the set's on that seed.",
+        "IIA = share of pairs whose label turns into the source's gold label; it counts the "
+        "prompts a model already gets wrong, so `effect` = IIA − that share (what the exchange "
+        "moved). `vs_null` = IIA − the mean IIA of random plane sets with as many planes per "
+        "block (paired over prompts; the same model, so the same errors); `vs_base` = effect − "
+        "the same planes' effect in the base model. Intervals: 95% paired bootstrap over "
+        "prompts, seeds as rows. `null_draws_at_least` = random draws (over seeds) whose IIA "
+        "reached the set's on that seed.",
         "",
         "Accuracy without an exchange (teacher-forced label, 95% interval): "
         + "; ".join(
             f"{m} {_fmt(e['accuracy'])} ({len(e['seeds'])} seeds)"
             for m, e in summary["models"].items()
         )
-        + ". IIA with every plane exchanged (the ceiling): "
-        + "; ".join(f"{m} {_fmt(e['all_planes_iia'])}" for m, e in summary["models"].items())
+        + ". Effect of exchanging every plane (the ceiling): "
+        + "; ".join(f"{m} {_fmt(e['all_planes_effect'])}" for m, e in summary["models"].items())
         + ".",
         "",
         markdown_table(table) if len(table) else "(no cells yet)",
