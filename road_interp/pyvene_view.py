@@ -12,7 +12,9 @@ This is the only module that imports pyvene. Three intervention classes, each us
 - `PlaneInterchange`: a distributed interchange intervention on whole RoAd planes, z = where(m,
   s, b) with m the coordinate mask of the planes. A RoAd adapter maps each plane into itself,
   so exchanging a plane's content before or after its rotation is the same test: what do these
-  planes carry? `interchange` and `interchange_score` run it through pyvene.
+  planes carry? `interchange` and `interchange_score` run it through pyvene (models whose RoAd
+  sites are Linear layers: pyvene strips forward hooks, so output sites go through
+  `road_interp.interchange`).
 
 pyvene builds interventions by calling the class with its representation metadata as keyword
 arguments (``embed_dim``, ``low_rank_dimension``, ``layer`` ...), and ``IntervenableModel.load``
