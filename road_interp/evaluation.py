@@ -141,8 +141,13 @@ def pad_left(items: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, Te
         rows["labels"].append([IGNORE_INDEX] * gap + it["labels"])
         rows["attention_mask"].append([0] * gap + [1] * len(it["input_ids"]))
     batch = {k: torch.tensor(v) for k, v in rows.items()}
-    batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    batch["position_ids"] = positions_of(batch["attention_mask"])
     return batch
+
+
+def positions_of(attention_mask: Tensor) -> Tensor:
+    """(B, L) position ids of a left-padded batch: real tokens count from 0 (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def answer_logprobs(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .analysis.stats import plane_table
-from .evaluation import accepts
+from .evaluation import accepts, positions_of
 from .io import AdapterFile
 from .layers import RoadOutput
 from .model import unwrap
@@ -58,11 +58,6 @@ def shared_suffix_length(input_ids: Tensor, attention_mask: Tensor) -> int:
     while k < shortest - 1 and bool((input_ids[:, -k - 1] == input_ids[0, -k - 1]).all()):
         k += 1
     return k
-
-
-def positions_of(attention_mask: Tensor) -> Tensor:
-    """(B, L) position ids of a left-padded batch: real tokens count from 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def _hidden(output: Any) -> Tensor:

@@ -34,10 +34,8 @@ summary.json, retained.png) is rebuilt from the store at the end of every sittin
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -60,7 +58,7 @@ from road_interp.tasks import get_task
 from road_interp.training import TrainConfig, train
 
 from . import bench_report
-from .store import ResultStore, open_store, parse_cli, run_cells
+from .store import ResultStore, benchmark_main, preset_config, run_and_reload
 
 METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta")
 PLANES = {"halves": "halves", "random": "random", "energy": "energy", "ties": "all"}
@@ -116,9 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_config(preset: str, **changes: Any) -> BenchConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return replace(BenchConfig(), **{**PRESETS[preset], **changes})
+    return preset_config(BenchConfig, PRESETS, preset, **changes)
 
 
 # -- one (pair, seed) -------------------------------------------------------------------------
@@ -360,25 +356,23 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark into ``out`` (``only``: the cells whose key starts with
     one of these) and rewrite its report; the summary."""
-    store = open_store(out, cfg)
-    started = time.perf_counter()
-    finished = run_cells(cells(cfg, store.folder, store), store, budget_minutes, only=only)
-    store = ResultStore(store.folder)  # with the cells other processes added meanwhile
-    return bench_report.write(cfg, store, store.folder, finished, time.perf_counter() - started)
+    store, finished, seconds = run_and_reload(
+        cfg, out, lambda store: cells(cfg, store.folder, store), budget_minutes, only
+    )
+    return bench_report.write(cfg, store, store.folder, finished, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
-    preset, out, budget, changes, only = parse_cli(
+    return benchmark_main(
         argv,
         prog="python -m experiments.composition.benchmark",
         description="The composition benchmark: pairs x methods x seeds as resumable cells; "
         "running it again continues where it stopped and rewrites the report.",
         presets=PRESETS,
         config=BenchConfig,
+        make_config=make_config,
+        run=run_benchmark,
     )
-    summary = run_benchmark(make_config(preset, **changes), out, budget, only)
-    print(json.dumps(summary["verdicts"], indent=2))
-    return 0
 
 
 if __name__ == "__main__":

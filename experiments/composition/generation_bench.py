@@ -70,7 +70,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -96,7 +95,7 @@ from road_interp.tasks import Example, get_task
 from road_interp.training import TrainConfig, train
 
 from . import generation_report
-from .store import ResultStore, open_store, parse_cli, run_cells
+from .store import ResultStore, benchmark_main, preset_config, run_and_reload
 
 SENTIMENT = "Is the sentiment of this review positive or negative?"
 FORMAT = (
@@ -282,9 +281,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def make_config(preset: str, **changes: Any) -> GenConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return replace(GenConfig(), **{**PRESETS[preset], **changes})
+    return preset_config(GenConfig, PRESETS, preset, **changes)
 
 
 def first_or_last_word(i: int, text: str) -> str | None:
@@ -619,17 +616,14 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark into ``out`` (``only``: the cells whose key starts with
     one of these) and rewrite its report; the summary."""
-    store = open_store(out, cfg)
-    started = time.perf_counter()
-    finished = run_cells(cells(cfg, store), store, budget_minutes, only=only)
-    store = ResultStore(store.folder)  # with the cells other processes added meanwhile
-    return generation_report.write(
-        cfg, store, store.folder, finished, time.perf_counter() - started
+    store, finished, seconds = run_and_reload(
+        cfg, out, lambda store: cells(cfg, store), budget_minutes, only
     )
+    return generation_report.write(cfg, store, store.folder, finished, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
-    preset, out, budget, changes, only = parse_cli(
+    return benchmark_main(
         argv,
         prog="python -m experiments.composition.generation_bench",
         description="Content x format composition on SmolLM2 (sentiment or arithmetic x JSON, "
@@ -637,10 +631,9 @@ def main(argv: list[str] | None = None) -> int:
         "methods as resumable cells; running it again continues and rewrites the report.",
         presets=PRESETS,
         config=GenConfig,
+        make_config=make_config,
+        run=run_benchmark,
     )
-    summary = run_benchmark(make_config(preset, **changes), out, budget, only)
-    print(json.dumps(summary["verdicts"], indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,9 +29,8 @@ same planes. Writes README.md, results.csv, summary.json and interchange.png bes
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from road_interp.subspaces import Subspace
 
 from . import interchange_report
 from .generation_bench import GenConfig, SeedRun
-from .store import ResultStore, open_store, parse_cli, run_cells
+from .store import benchmark_main, preset_config, run_and_reload
 
 MODELS = ("content", "halves", "base")
 LABELS = ("positive", "negative")
@@ -205,31 +204,27 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run (or continue) the benchmark into ``out`` (``only``: the cells whose key starts with
     one of these) and rewrite its report; the summary."""
-    store = open_store(out, cfg)
-    started = time.perf_counter()
-    finished = run_cells(cells(cfg), store, budget_minutes, only=only)
-    store = ResultStore(store.folder)
-    return interchange_report.write(cfg, store, finished, time.perf_counter() - started)
+    store, finished, seconds = run_and_reload(
+        cfg, out, lambda store: cells(cfg), budget_minutes, only
+    )
+    return interchange_report.write(cfg, store, finished, seconds)
 
 
 def make_config(preset: str, **changes: Any) -> InterchangeConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return replace(InterchangeConfig(), **{**PRESETS[preset], **changes})
+    return preset_config(InterchangeConfig, PRESETS, preset, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    preset, out, budget, changes, only = parse_cli(
+    return benchmark_main(
         argv,
         prog="python -m experiments.composition.interchange_bench",
         description="Interchange interventions on the sentiment skill's planes against random "
         "plane sets of equal size and the base model (resumable cells; rewrites the report).",
         presets=PRESETS,
         config=InterchangeConfig,
+        make_config=make_config,
+        run=run_benchmark,
     )
-    summary = run_benchmark(make_config(preset, **changes), out, budget, only)
-    print(json.dumps(summary["verdicts"], indent=2))
-    return 0
 
 
 if __name__ == "__main__":

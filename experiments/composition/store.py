@@ -15,14 +15,16 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from road_interp.files import write_text_atomic
 
 from .. import machine
+
+T = TypeVar("T")
 
 
 class ResultStore:
@@ -114,6 +116,49 @@ def open_store(out: str | Path, cfg: Any) -> ResultStore:
     write_text_atomic(settings, json.dumps(wanted, indent=2) + "\n")
     write_text_atomic(folder / "machine.json", json.dumps(machine.describe(), indent=2) + "\n")
     return ResultStore(folder)
+
+
+def run_and_reload(
+    cfg: Any,
+    out: str | Path,
+    cells: Callable[[ResultStore], Iterable[tuple[str, Callable[[], dict[str, Any]]]]],
+    budget_minutes: float | None = None,
+    only: Sequence[str] = (),
+) -> tuple[ResultStore, bool, float]:
+    """Run (or continue) a benchmark with settings ``cfg`` into ``out``: its ``cells(store)``
+    (`run_cells`, with ``budget_minutes`` and ``only``); then (the store read again, with the
+    cells other processes added meanwhile, whether every cell is finished, seconds spent)."""
+    store = open_store(out, cfg)
+    started = time.perf_counter()
+    finished = run_cells(cells(store), store, budget_minutes, only=only)
+    return ResultStore(store.folder), finished, time.perf_counter() - started
+
+
+def preset_config(
+    config: type[T], presets: Mapping[str, Mapping[str, Any]], preset: str, **changes: Any
+) -> T:
+    """A benchmark's settings: the ``config`` dataclass's defaults, preset ``preset`` over
+    them, then ``changes``."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    return replace(config(), **{**presets[preset], **changes})
+
+
+def benchmark_main(
+    argv: list[str] | None,
+    prog: str,
+    description: str,
+    presets: Mapping[str, Any],
+    config: type,
+    make_config: Callable[..., Any],
+    run: Callable[..., dict[str, Any]],
+) -> int:
+    """A benchmark's ``main``: `parse_cli`, ``run(make_config(preset, **changes), out,
+    budget, only)``, its verdicts printed."""
+    preset, out, budget, changes, only = parse_cli(argv, prog, description, presets, config)
+    summary = run(make_config(preset, **changes), out, budget, only)
+    print(json.dumps(summary["verdicts"], indent=2))
+    return 0
 
 
 def parse_cli(
