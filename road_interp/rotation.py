@@ -101,17 +101,64 @@ def apply(h: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
     z_a −= s_a ⊙ h_b and z_b += s_b ⊙ h_a. Writing out rot(h) as above costs five passes and
     four temporaries (neg, stack, two products, a sum), which made a routed batch's prefill
     ~15-25% slower than the base model's on CPU; this form keeps it within the ~5% that one
-    read of h and one write of z cost. h, c and s are never written, and autograd sees
-    in-place updates of views of the fresh z only (``select``, which it allows).
+    read of h and one write of z cost. h, c and s are never written. When a gradient is
+    wanted, `_Rotate` runs the same passes and its own backward (autograd's, through the
+    in-place updates of views, copies the whole gradient per update).
     """
-    z = h * c
-    if not _broadcasts_into(s, z):  # s broadcasts beyond h ⊙ c, or would promote its dtype
-        return z + rotate_half(h, group_size) * s
+    if not _broadcasts_into(s, h) or not _broadcasts_into(c, h):
+        # s or c broadcasts beyond h, or would promote its dtype
+        return h * c + rotate_half(h, group_size) * s
+    if torch.is_grad_enabled() and (h.requires_grad or c.requires_grad or s.requires_grad):
+        return _Rotate.apply(h, c, s, group_size)
+    return _rotate_into(h * c, h, s, group_size, sign=1)
+
+
+def _rotate_into(z: Tensor, h: Tensor, s: Tensor, group_size: int, sign: int) -> Tensor:
+    """z_a −= sign · s_a ⊙ h_b and z_b += sign · s_b ⊙ h_a, in place on z (..., d); returns z.
+    With sign −1 and (s_a, s_b) swapped this is the transpose: rot(·)ᵀ."""
     planes = (-1, 2, group_size // 2)  # (..., groups, 2, g/2): [..., 0, :] = a, [..., 1, :] = b
     z_ab, h_ab, s_ab = z.unflatten(-1, planes), h.unflatten(-1, planes), s.unflatten(-1, planes)
-    z_ab.select(-2, 0).addcmul_(h_ab.select(-2, 1), s_ab.select(-2, 0), value=-1)  # −s_a h_b
-    z_ab.select(-2, 1).addcmul_(h_ab.select(-2, 0), s_ab.select(-2, 1))  # +s_b h_a
+    z_ab.select(-2, 0).addcmul_(h_ab.select(-2, 1), s_ab.select(-2, 0), value=-sign)
+    z_ab.select(-2, 1).addcmul_(h_ab.select(-2, 0), s_ab.select(-2, 1), value=sign)
     return z
+
+
+class _Rotate(torch.autograd.Function):
+    """`apply` with a backward of its own: for g = ∂L/∂z (..., d),
+
+        ∂L/∂h_a = c_a g_a + s_b g_b,  ∂L/∂h_b = c_b g_b − s_a g_a,
+        ∂L/∂c = Σ g ⊙ h,  ∂L/∂s = Σ g ⊙ rot(h)   (sums over the dims c and s broadcast on).
+
+    Saves only h, c and s (h is the wrapped layer's output, kept anyway)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
+        ctx.save_for_backward(h, c, s)
+        ctx.group_size = group_size
+        return _rotate_into(h * c, h, s, group_size, sign=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, c, s = ctx.saved_tensors
+        g = ctx.group_size
+        grad_h = grad_c = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_h = _rotate_into(grad * c, grad, partner(s, g), g, sign=-1)
+        if ctx.needs_input_grad[1]:
+            grad_c = (grad * h).sum_to_size(c.shape)
+        if ctx.needs_input_grad[2]:  # rot(h) by halves, never written out
+            planes = (-1, 2, g // 2)
+            grad_ab, h_ab = grad.unflatten(-1, planes), h.unflatten(-1, planes)
+            half = s.unflatten(-1, planes).select(-2, 0).shape
+            grad_s = torch.stack(
+                (
+                    -(grad_ab.select(-2, 0) * h_ab.select(-2, 1)).sum_to_size(half),
+                    (grad_ab.select(-2, 1) * h_ab.select(-2, 0)).sum_to_size(half),
+                ),
+                dim=-2,
+            ).flatten(-3)
+        return grad_h, grad_c, grad_s, None
 
 
 def _broadcasts_into(x: Tensor, out: Tensor) -> bool:

@@ -209,7 +209,8 @@ def test_drift_layer_states_of_a_tiny_encoder():
     )
 
 
-def test_bench_frozen_base_step_runs_backward_without_weights():
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_bench_frozen_base_step_runs_backward_without_weights(clock):
     pytest.importorskip("peft")
     from experiments import bench_train_step
 
@@ -219,7 +220,7 @@ def test_bench_frozen_base_step_runs_backward_without_weights():
         "input_ids": torch.randint(0, 50, (2, 6)),
         "attention_mask": torch.ones(2, 6, dtype=torch.long),
     }
-    step, params = bench_train_step.step_fn(model, batch, causal=True)
+    step, params = bench_train_step.step_fn(model, batch, causal=True, clock=clock)
     assert params == 0 and step() > 0
 
 

@@ -1,7 +1,8 @@
 """`rotation.apply` runs in place on views of its fresh output (three passes, no rot(h)): it
 equals the literal z = c ⊙ h + s ⊙ rot(h) for every broadcast the sites use (and those that
-take the literal path), never writes its inputs, and its gradients are the literal form's
-(routed subspace training differentiates through it)."""
+take the literal path), never writes its inputs, and its gradients — from its own backward
+(`rotation._Rotate`) — are the literal form's (training and routed subspace training
+differentiate through it)."""
 
 from __future__ import annotations
 
@@ -62,5 +63,21 @@ def test_gradients_equal_the_literal_forms(grads):
     theirs = torch.autograd.grad(
         (literal(*inputs, 4) * weight).sum(), [x for x in inputs if x.requires_grad]
     )
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("group_size", [2, 4, 64])
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_gradients_equal_the_literal_form_for_every_broadcast(group_size, shapes):
+    gen = torch.Generator().manual_seed(group_size)
+    inputs = [
+        torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+        for shape in shapes
+    ]
+    out = rotation.apply(*inputs, group_size)
+    weight = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad((out * weight).sum(), inputs)
+    theirs = torch.autograd.grad((literal(*inputs, group_size) * weight).sum(), inputs)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)
