@@ -96,6 +96,9 @@ def test_the_gate_screen_compares_the_probe_with_all_planes_and_resumes(tmp_path
     assert screen(["multiemo_en"], tmp_path, cfg).equals(table)  # resumed: nothing retrained
     assert set(ResultStore(tmp_path).records) == keys
     assert "| multiemo_en |" in (tmp_path / "README.md").read_text()
+    more = screen(["subjectivity_en"], tmp_path, cfg)  # a later call: the table keeps both
+    assert list(more["task"]) == ["multiemo_en", "subjectivity_en"] and more.iloc[:1].equals(table)
+    assert "| multiemo_en |" in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.real

@@ -32,7 +32,8 @@ def screen(
     tasks: Sequence[str], out: str | Path, cfg: BenchConfig | None = None, seed: int = 0
 ) -> pd.DataFrame:
     """Run (or continue) the screen of ``tasks`` into ``out`` (settings: ``cfg``, the
-    benchmark's defaults if None); the table (also written)."""
+    benchmark's defaults if None); the table of every task screened there so far, earlier
+    calls' first (also written)."""
     cfg = replace(cfg or BenchConfig(), pairs=(), seeds=(seed,), methods=())  # any tasks
     store = open_store(out, cfg)
     folder = store.folder
@@ -42,8 +43,13 @@ def screen(
         cells.append((f"seed{seed}/probe/{task}", lambda r=run: r.probe(0)))
         cells.append((f"seed{seed}/all/{task}", lambda r=run: r.skill(0, "all")))
     run_cells(cells, store)
+    done = f"seed{seed}/all/"
+    earlier = [k.removeprefix(done) for k in store.records if k.startswith(done)]
+    for task in earlier:
+        runs.setdefault(task, PairRun(cfg, (task, task), seed, folder, store))
     rows = []
-    for task, run in runs.items():
+    for task in dict.fromkeys(earlier + list(runs)):
+        run = runs[task]
         probe, skill = (store[f"seed{seed}/{kind}/{task}"] for kind in ("probe", "all"))
         labels = [e.label for e in run.data["validation"][0]]
         gain = float(np.mean(skill["validation"]) - np.mean(probe["validation"]))
