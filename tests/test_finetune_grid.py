@@ -14,7 +14,7 @@ import torch
 
 from experiments.composition.store import ResultStore, run_cells
 from experiments.finetune import budget, drift_study, summary
-from experiments.finetune.grid import PRESETS, Group, Preset, cells, chosen_lr, key
+from experiments.finetune.grid import PRESETS, Group, Preset, cells, chosen_lr, key, only
 from tests.conftest import tiny_bert, tiny_llama
 
 matplotlib.use("Agg")
@@ -158,6 +158,16 @@ def test_verdict_not_met_and_not_established(tmp_path):
     store.path.write_text("\n".join(line for line in lines if "seed2" not in line) + "\n")
     diff = summary.build(p, ResultStore(tmp_path / "partial"))["differences"][0]
     assert diff["verdict"] == "not established"
+
+
+def test_only_cuts_the_preset_to_models_and_tasks():
+    full = Preset.load("full")
+    cut = only(full, ["smollm2"], ["gym_chain_sum", "multiemo4_en"])
+    assert [(g.model, g.tasks) for g in cut.groups] == [("smollm2", ("gym_chain_sum",))]
+    assert only(full, None, None) == full
+    assert [g.model for g in only(full, None, ["multiemo_en"]).groups] == ["minilm", "smollm2"]
+    with pytest.raises(SystemExit, match="no group"):
+        only(full, ["minilm"], ["gym_chain_sum"])
 
 
 def test_committed_presets_are_valid():

@@ -281,30 +281,46 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these models' groups: one process per model, each with --models (a process only knows the cells the store held when it started, so an unfiltered one would redo them)",
     )
     parser.add_argument(
+        "--tasks",
+        nargs="+",
+        help="run only these tasks' cells (the same caveat as --models: split processes by task)",
+    )
+    parser.add_argument(
         "--threads", type=int, help="CPU threads (default: the preset's), e.g. 1 beside another job"
     )
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
     args = parser.parse_args(argv)
     preset = Preset.load(args.preset)
     preset.validate()
-    if args.models:
-        preset = replace(preset, groups=tuple(g for g in preset.groups if g.model in args.models))
     torch.set_num_threads(args.threads or preset.threads)
     out = Path(args.out) if args.out else results_folder(preset.name)
     store = ResultStore(out)
     work = Path(args.work_dir or Path(tempfile.gettempdir()) / f"road_finetune_{preset.name}")
     finished = True
     if not args.report:
+        chosen = only(preset, args.models, args.tasks)
         finished = run_cells(
-            cells(preset, store, work, tuple(args.phases)), store, args.budget_minutes
+            cells(chosen, store, work, tuple(args.phases)), store, args.budget_minutes
         )
     from experiments.finetune import summary  # imported late: a sitting's cells never wait on it
 
-    report = summary.write(preset, store, out)
+    report = summary.write(preset, store, out)  # the whole preset: other processes' cells too
     print(report)
     if not finished:
         print("(budget spent: run the same command again to continue)")
     return 0
+
+
+def only(preset: Preset, models: list[str] | None, tasks: list[str] | None) -> Preset:
+    """``preset`` cut to the groups of ``models`` and, in them, the ``tasks`` (None: all)."""
+    groups = []
+    for group in preset.groups:
+        kept = tuple(t for t in group.tasks if tasks is None or t in tasks)
+        if kept and (models is None or group.model in models):
+            groups.append(replace(group, tasks=kept))
+    if not groups:
+        raise SystemExit(f"no group of preset {preset.name!r} has models {models}, tasks {tasks}")
+    return replace(preset, groups=tuple(groups))
 
 
 def results_folder(preset: str) -> Path:
