@@ -71,3 +71,19 @@ def test_the_interchange_claims_are_listed_and_not_taken_for_a_pair(tmp_path):
     summary = overview.write(tmp_path)
     assert set(summary["pairs"]) == {"gen/sentiment"} and summary["interchange"] == models
     assert "| content | top | [0] | [0.4, 0.5, 0.6] |" in (tmp_path / "README.md").read_text()
+
+
+def test_a_pair_scored_on_fewer_than_three_seeds_is_listed_but_not_counted(tmp_path):
+    _folder(tmp_path, "gen", _generation_summary({"aware": 0.7}, [0.1, 0.2, 0.3]), {})
+    one_seed = {**_generation_summary({"aware": 0.9}, [-0.3, -0.2, -0.1]), "seeds": [0]}
+    _folder(tmp_path, "gen-more", one_seed, {"pair": "arithmetic"})
+    summary = overview.write(tmp_path)
+    assert summary["pairs"]["gen-more/arithmetic"]["scored"]
+    assert not summary["pairs"]["gen-more/arithmetic"]["counted"]
+    targets = summary["targets"]
+    assert targets["pairs scored"] == "1 of 2 (gen/sentiment)"
+    beats = next(v for k, v in targets.items() if k.startswith("beats LoRA"))
+    assert beats == "met (1 of 1 pairs)"  # the one-seed pair's gap below 0 is not counted
+    partial = next(v for k, v in targets.items() if "fewer than 3 seeds" in k)
+    assert partial == "gen-more/arithmetic (seeds [0])"
+    assert "partial, not counted: words" in (tmp_path / "README.md").read_text()

@@ -8,7 +8,7 @@ benchmark's ``pairs``, or one generation pair's ``gate`` / ``methods``) and writ
 ``<results>/summary.json`` and ``<results>/README.md``. Per pair::
 
     {"benchmark": folder, "kind": "classification" | "generation", "seeds": [...],
-     "gate": {skill: passed}, "scored": all passed,
+     "gate": {skill: passed}, "scored": all passed, "counted": scored on >= 3 seeds,
      "methods": {method: {"retained_share": {skill: [low, point, high]},
                           "vs_lora_task_arithmetic": [low, point, high] | per skill | words,
                           "verdict": words}}}
@@ -16,7 +16,8 @@ benchmark's ``pairs``, or one generation pair's ``gate`` / ``methods``) and writ
 ``vs_lora_task_arithmetic`` is the paired difference to LoRA task arithmetic: per skill in
 retained share for classification, in joint success for generation (words where it was not
 run). Targets, over the pairs
-that passed the gate: the best RoAd method keeps each skill (`bench_report.kept`), beats
+that passed the gate and have ``MIN_SEEDS`` finished seeds (a pair scored on fewer is listed as
+partial, not counted): the best RoAd method keeps each skill (`bench_report.kept`), beats
 LoRA task arithmetic on at least half of the pairs, and on generation pairs has joint
 success above the independence product and above the prompted base.
 """
@@ -35,6 +36,9 @@ from .bench_report import kept
 
 BASELINES = ("lora_ta", "lora_ties", "joint")
 """Methods that are not RoAd compositions (never the 'best RoAd method')."""
+
+MIN_SEEDS = 3
+"""Finished seeds a scored pair needs before the targets count it (the issue's honesty bar)."""
 
 
 def collect(results: Path) -> dict[str, dict[str, Any]]:
@@ -87,7 +91,16 @@ def _generation(folder: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 def _entry(folder: str, kind: str, seeds: list, gate: dict, methods: dict) -> dict[str, Any]:
     scored = bool(gate) and all(gate.values())
-    return dict(benchmark=folder, kind=kind, seeds=seeds, gate=gate, scored=scored, methods=methods)
+    counted = scored and len(seeds) >= MIN_SEEDS
+    return dict(
+        benchmark=folder,
+        kind=kind,
+        seeds=seeds,
+        gate=gate,
+        scored=scored,
+        counted=counted,
+        methods=methods,
+    )
 
 
 def best_method(pair: dict[str, Any]) -> str | None:
@@ -102,10 +115,20 @@ def best_method(pair: dict[str, Any]) -> str | None:
 
 
 def targets(pairs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The issue's three targets over the pairs that passed the gate, in words."""
-    scored = {name: p for name, p in pairs.items() if p["scored"] and best_method(p)}
+    """The issue's three targets over the pairs that passed the gate on `MIN_SEEDS` seeds, in
+    words."""
+    scored = {name: p for name, p in pairs.items() if p["counted"] and best_method(p)}
+    partial = [
+        f"{name} (seeds {p['seeds']})"
+        for name, p in pairs.items()
+        if p["scored"] and not p["counted"] and best_method(p)
+    ]
+    waiting = {f"scored on fewer than {MIN_SEEDS} seeds, not counted": ", ".join(partial)}
     if not scored:
-        return {"every target": "not established: no pair passed the gate and was scored"}
+        return {
+            "every target": f"not established: no pair passed the gate on {MIN_SEEDS} seeds",
+            **(waiting if partial else {}),
+        }
     keeps, beats, joint = [], [], []
     for pair in scored.values():
         entry = pair["methods"][best_method(pair)]
@@ -119,6 +142,7 @@ def targets(pairs: dict[str, dict[str, Any]]) -> dict[str, str]:
     n = len(scored)
     out = {
         "pairs scored": f"{n} of {len(pairs)} ({', '.join(scored)})",
+        **(waiting if partial else {}),
         "best RoAd method keeps >= 95% of each skill's gain (low end >= 85%) on every pair": (
             f"{'met' if all(keeps) else 'not met'} ({sum(keeps)} of {n} pairs)"
         ),
@@ -183,10 +207,12 @@ def _readme(summary: dict[str, Any]) -> str:
         for method, e in pair["methods"].items():
             shares = "; ".join(f"{s} {v}" for s, v in e["retained_share"].items())
             best = " (best RoAd)" if method == pair["best_road_method"] else ""
+            partial = pair["scored"] and not pair["counted"]
+            verdict_words = f"partial, not counted: {e['verdict']}" if partial else e["verdict"]
             lines.append(
                 f"| {name} | {pair['kind']} | {e.get('seeds', pair['seeds'])} | {gate} | "
                 f"{method}{best} | "
-                f"{shares} | {e['vs_lora_task_arithmetic'] or '–'} | {e['verdict']} |"
+                f"{shares} | {e['vs_lora_task_arithmetic'] or '–'} | {verdict_words} |"
             )
     if "interchange" in summary:
         lines += [
