@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,6 +36,16 @@ def test_store_skips_finished_cells_and_survives_a_cut_last_line(tmp_path):
     store.path.write_text("\n".join(["garbage", *lines]) + "\n")
     with pytest.raises(ValueError, match="store is corrupt"):
         ResultStore(tmp_path)
+
+
+def test_a_folder_continues_with_the_same_settings_or_more_methods():
+    from experiments.composition.store import _continues
+
+    stored = {"steps": 60, "methods": ["halves", "lora_ta"]}
+    assert _continues(stored, dict(stored))
+    assert _continues(stored, {"steps": 60, "methods": ["halves", "road_ta", "lora_ta"]})
+    assert not _continues(stored, {"steps": 60, "methods": ["halves"]})
+    assert not _continues(stored, {"steps": 200, "methods": ["halves", "lora_ta"]})
 
 
 def test_retained_share_and_its_verdicts():
@@ -144,6 +155,16 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     keys = set(store.records)
     assert run_benchmark(cfg, tmp_path)["finished"]  # every cell is skipped
     assert set(ResultStore(tmp_path).records) == keys
+    more = replace(cfg, methods=(*cfg.methods, "road_ta"))  # a method added to the folder
+    summary = run_benchmark(more, tmp_path)
+    added = set(ResultStore(tmp_path).records) - keys  # and the all-plane skills it composes
+    assert added == {f"seed0/{u}" for u in ("compose/road_ta", "skill/content/all",
+                                            "skill/format/all", "gate/content/all")}  # fmt: skip
+    road_ta = ResultStore(tmp_path)["seed0/compose/road_ta"]
+    assert road_ta["strength"] == 1.0 and len(road_ta["test/content"]["joint"]) == 6
+    assert set(summary["methods"]["road_ta"]["retained_share"]) == {"content", "format"}
+    with pytest.raises(ValueError, match="other settings"):  # one taken away: refused
+        run_benchmark(replace(cfg, methods=("halves",)), tmp_path)
     delta = tmp_path / "cells" / "seed0" / "lora-content" / "delta.safetensors"
     kept = load_file(str(delta))
     delta.unlink()  # a clone of the results folder: ΔW are not committed; trained again

@@ -44,6 +44,11 @@ then each method's composed model (`COMPOSED_OF`):
 - ``aware_tuned``: the same with each skill's strength λ (θ → λθ, α → α^λ,
   `road_interp.compose.scale`), the pair (λ_content, λ_format) picked on validation from
   ``content_scales`` × ``format_scales`` (the best joint success on ``tune_prompts``);
+- ``road_ta``: RoAd's task arithmetic, the block product of the two all-plane skills at
+  strength λ (`road_interp.compose.product`, then `scale`): per stored entry
+  θ = λ(θ_content + θ_format), α = (α_content α_format)^λ, i.e. λ (τ_content + τ_format) in
+  the task-vector space τ = (θ, log α) of `road_interp.merging`; λ from ``scales``, picked
+  the same way; its skills are measured alone on their halves, as ``joint``'s;
 - ``lora_ta``: task arithmetic W + λ (ΔW_content + ΔW_format), λ picked the same way;
 - ``joint``, the multi-task baseline (an upper bound for training without joint data, not a
   composition): the ``skill/joint/all`` adapter; its retained shares are measured against
@@ -78,7 +83,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, scale, union
+from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, product, scale, union
 from road_interp.generation import (
     Check,
     answers,
@@ -158,7 +163,7 @@ wraps the model's own answers (with ``words`` it learned to copy a word of the q
 the JSON field, ``{"answer": "add"}``, over the content skill's answer), with room for a
 sentence. (Letter counting was piloted and dropped: RoAd1 on these blocks learned to answer
 "1", the most common count.)"""
-METHODS = ("halves", "routed", "aware", "joint", "aware_tuned", "lora_ta")
+METHODS = ("halves", "routed", "aware", "joint", "road_ta", "aware_tuned", "lora_ta")
 """In run order within a seed: the methods that tune strengths last (they generate the most)."""
 SKILLS = ("content", "format")
 GATED = ("halves", "all", "routed")
@@ -168,16 +173,18 @@ COMPOSED_OF = {
     "routed": ("skill/content/routed", "skill/format/routed"),
     "aware": ("skill/content/routed", "skill/format/aware"),
     "aware_tuned": ("skill/content/routed", "skill/format/aware"),
+    "road_ta": ("skill/content/all", "skill/format/all"),
     "lora_ta": ("lora/content", "lora/format"),
     "joint": ("skill/joint/all",),
 }
 """The cells whose adapters each method composes (content, format), or (``joint``) the one
 adapter trained on both skills' data."""
 ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned")}
-ALONE |= {"joint": COMPOSED_OF["halves"]}
+ALONE |= {m: COMPOSED_OF["halves"] for m in ("joint", "road_ta")}
 """The cells each method's skills are measured alone by: each skill trained on its own (for
-``aware``, the format skill trained without the content skill; for ``joint``, on its half
-of the same planes)."""
+``aware``, the format skill trained without the content skill; for ``joint`` and
+``road_ta``, on its half of the same planes: the all-plane skills are scored on validation
+only, for the gate)."""
 TUNE_PROMPTS = {"content": "validation/content", "gate": "validation/gate"}
 """``tune_prompts`` → the validation prompts strengths are picked on."""
 COMPOSED_SETS = ("test/content", "test/format")
@@ -531,14 +538,22 @@ class SeedRun:
             deltas = [self.lora_delta(skill) for skill in SKILLS]
             return self.tuned(lambda lam: self.merged(deltas, lam), self.cfg.scales)
         skills = [self.adapter(unit) for unit in COMPOSED_OF[method]]
+        if method == "road_ta":
+            summed = product(*skills)
+            return self.tuned(lambda lam: self.loaded(scale(summed, lam), method), self.cfg.scales)
         if method == "aware_tuned":
             grid = [(c, f) for c in self.cfg.content_scales for f in self.cfg.format_scales]
             return self.tuned(lambda lams: self.both(*map(scale, skills, lams)), grid)
         if method in ("halves", "joint"):
-            model = RoadModel(self.fresh())
-            model.load_adapter(union(skills) if method == "halves" else skills[0], method)
-            return self.scores(model, *COMPOSED_SETS)
+            adapter = union(skills) if method == "halves" else skills[0]
+            return self.scores(self.loaded(adapter, method), *COMPOSED_SETS)
         return self.scores(self.both(*skills), *COMPOSED_SETS)
+
+    def loaded(self, adapter: AdapterFile, name: str) -> RoadModel:
+        """The base model with ``adapter`` loaded and active."""
+        model = RoadModel(self.fresh())
+        model.load_adapter(adapter, name)
+        return model
 
     def both(self, content: AdapterFile, format_: AdapterFile) -> RoadModel:
         """The base model with both skills loaded and active (they act on other tokens)."""

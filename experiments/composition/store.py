@@ -101,21 +101,37 @@ def run_cells(
     return others_done
 
 
+EXTENDABLE = ("methods",)
+"""Settings a later run may add to: cells are keyed by them, so the finished ones stay valid."""
+
+
 def open_store(out: str | Path, cfg: Any) -> ResultStore:
     """The store of the experiment folder ``out`` for settings ``cfg`` (a dataclass): refuses
-    a folder that holds other settings, records the settings and the machine."""
+    a folder that holds other settings (but for `EXTENDABLE` ones that ``cfg`` adds to),
+    records the settings and the machine."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "config.json"
     wanted = json.loads(json.dumps(asdict(cfg)))
-    if settings.exists() and json.loads(settings.read_text()) != wanted:
+    if settings.exists() and not _continues(json.loads(settings.read_text()), wanted):
         raise ValueError(
             f"{folder} holds a benchmark with other settings ({settings}); continue it with "
-            "the same preset and settings, or choose another output folder"
+            f"the same preset and settings (adding to {', '.join(EXTENDABLE)} is allowed), or "
+            "choose another output folder"
         )
     write_text_atomic(settings, json.dumps(wanted, indent=2) + "\n")
     write_text_atomic(folder / "machine.json", json.dumps(machine.describe(), indent=2) + "\n")
     return ResultStore(folder)
+
+
+def _continues(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether settings ``wanted`` continue a folder of settings ``stored``."""
+
+    def fixed(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if k not in EXTENDABLE}
+
+    grown = all(set(stored.get(k) or ()) <= set(wanted.get(k) or ()) for k in EXTENDABLE)
+    return fixed(stored) == fixed(wanted) and grown
 
 
 def run_and_reload(
