@@ -129,7 +129,7 @@ class _Rotate(torch.autograd.Function):
         ∂L/∂h_a = c_a g_a + s_b g_b,  ∂L/∂h_b = c_b g_b − s_a g_a,
         ∂L/∂c = Σ g ⊙ h,  ∂L/∂s = Σ g ⊙ rot(h)   (sums over the dims c and s broadcast on).
 
-    Saves only h, c and s (h is the wrapped layer's output, kept anyway)."""
+    Saves only h, c and s (as autograd's form did, which needs h for ∂c too)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, c: Tensor, s: Tensor, group_size: int) -> Tensor:
