@@ -121,8 +121,8 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
 
     cfg = make_config(
         "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
-        methods=("halves", "routed", "aware", "joint", "aware_tuned", "lora_ta"), scales=(1.0,),
-        content_scales=(1.0, 2.0), format_scales=(1.0, 1.5),
+        methods=("halves", "routed", "aware", "buffered", "joint", "aware_tuned", "lora_ta"),
+        scales=(1.0,), content_scales=(1.0, 2.0), format_scales=(1.0, 1.5), buffer_examples=4,
     )  # fmt: skip
     summary = run_benchmark(cfg, tmp_path)
     assert summary["finished"] and summary["seeds"] == [0]
@@ -137,6 +137,7 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     assert content_gate["prompts"] == "validation/gate" and content_gate["majority_validation"] > 0
     assert len(store["seed0/gate/content/routed"]["validation/gate"]["answer"]) == 16
     assert set(store["seed0/skill/format/aware"]) == {"validation/format", "key", "seconds"}
+    assert len(store["seed0/skill/format/buffered"]["buffer"]) == 4  # the content skill's answers
     tuned = store["seed0/compose/aware_tuned"]
     content_lam, format_lam = tuned["strength"]
     assert content_lam in (1.0, 2.0) and format_lam in (1.0, 1.5)
@@ -144,7 +145,7 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     joint_skill = store["seed0/skill/joint/all"]  # one adapter on both skills' data
     assert set(joint_skill) == {"validation/content", "validation/format", "key", "seconds"}
     assert set(summary["methods"]["joint"]["retained_share"]) == {"content", "format"}
-    for method in ("halves", "routed", "aware", "aware_tuned"):
+    for method in ("halves", "routed", "aware", "buffered", "aware_tuned"):
         entry = summary["methods"][method]
         low, point, high = entry["joint_minus_prompted_base"]
         assert low <= point <= high
@@ -218,3 +219,27 @@ def test_the_own_format_skill_wraps_the_base_models_finished_answers(tmp_path):
         make_config("quick", format_answers="sentences")
     with pytest.raises(ValueError, match="tune_prompts"):
         make_config("quick", tune_prompts="test")
+
+
+def test_the_buffer_is_unlabeled_unseen_content_prompts_wrapped_by_the_format_recipe():
+    from pathlib import Path
+
+    from experiments.composition.generation_bench import SeedRun, make_config
+
+    sizes = dict(train_examples=8, val_examples=4, gate_examples=6, test_examples=6)
+    for pair in ("arithmetic", "sentiment"):
+        run = SeedRun(make_config("quick", pair=pair, buffer_examples=5, **sizes), 0, Path("x"))
+        buffer = run.buffer_prompts()
+        assert len(buffer) == len(set(buffer)) == 5
+        seen = {e.text for e in run.training("content")} | set(run.prompts["test/content"])
+        assert not seen & set(buffer)
+        sentences = [e.text for e in run.format_sentences]  # the sentiment pair's shared pool
+        assert not any(text in prompt for text in sentences for prompt in buffer)
+    said = ["The sentiment of this review is positive.", "It is hard to say", "Negative."]
+    wrapped = run.wrapped(buffer[:3], said)  # words: the content in what the skill said
+    assert [(e.text, e.target) for e in wrapped] == [
+        (buffer[0], '{"answer": "positive"}'), (buffer[2], '{"answer": "negative"}')
+    ]  # fmt: skip
+    own = SeedRun(make_config("quick", pair="arithmetic", **sizes), 0, Path("x"))
+    targets = [e.target for e in own.wrapped(["p", "q"], ["The answer is 7.", "The answer"])]
+    assert targets == ['{"answer": "The answer is 7."}']  # own: what it said; cut: left out

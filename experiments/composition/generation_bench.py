@@ -31,6 +31,12 @@ resumable cells of a results store (`experiments.composition.store`):
   ``aware`` (format only): the routed format skill trained with the routed content skill
   present, active and frozen, on the format prompts only (interference-aware training
   without joint data);
+  ``buffered`` (format only, ``own``): the same, on the format prompts and on a buffer of
+  ``buffer_examples`` **unlabeled** content prompts (training prompts the content skill never
+  saw), each answered by the routed content skill alone and wrapped by the format skill's own
+  recipe (``own``: ``{"answer": "The answer is 7."}``; ``words``: the content in it,
+  ``{"answer": "positive"}``): the format skill meets the content prompts and is taught to
+  keep what the content skill says there (no gold answer is used);
 - ``lora/<content|format>``: LoRA rank 8 on q/v of every layer;
 - ``skill/joint/all``: one RoAd1 adapter on every plane of the eight blocks, every token,
   trained on both skills' training sets shuffled together for twice the steps (each skill's
@@ -41,6 +47,7 @@ then each method's composed model (`COMPOSED_OF`):
 - ``halves``: `road_interp.compose.union` of the two half-plane skills;
 - ``routed``: both routed skills active on one model (they never act on the same token);
 - ``aware``: the routed content skill with the aware format skill;
+- ``buffered``: the routed content skill with the buffered format skill;
 - ``aware_tuned``: the same with each skill's strength λ (θ → λθ, α → α^λ,
   `road_interp.compose.scale`), the pair (λ_content, λ_format) picked on validation from
   ``content_scales`` × ``format_scales`` (the best joint success on ``tune_prompts``);
@@ -77,6 +84,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +93,13 @@ from safetensors.torch import load_file, save_file
 
 from road_interp import RoadConfig, RoadModel, load_model, load_tokenizer, product, scale, union
 from road_interp.generation import (
-    Check,
     answers,
     chat_examples,
+    first_label,
+    first_number,
     json_check,
     json_content_check,
     json_gold_check,
-    label_check,
-    number_check,
     score,
 )
 from road_interp.io import AdapterFile, read_adapter, write_adapter
@@ -119,17 +126,22 @@ class Pair:
 
     ``task`` gives the content items (its ``text`` fills ``prompt``'s ``{input}``, its answer
     is the gold); ``target`` is the content skill's training answer (``{label}``: the gold);
-    ``prompted`` asks the base for the joint answer in words; ``check`` tells a right answer
-    (the first label or number in it is the gold one)."""
+    ``prompted`` asks the base for the joint answer in words; ``extract`` finds an answer's
+    content (its first label or number), which is right when it is the gold."""
 
     title: str
     task: str
     prompt: str
     target: str
     prompted: str
-    check: Check
+    extract: Callable[[str], str | None]
     format_answers: str = "words"
     """what its format skill wraps (`FORMAT_ANSWERS`)"""
+
+    def check(self, answer: str, gold: str) -> bool:
+        """Whether ``answer``'s content is ``gold``."""
+        return self.extract(answer) == gold.strip()
+
     max_new_tokens: int = 10
     """room for the joint answer (and the prompted base's)"""
 
@@ -142,7 +154,7 @@ PAIRS = {
         target="The sentiment of this review is {label}.",
         prompted=SENTIMENT
         + ' Answer in JSON, as {{"answer": "positive"}} or {{"answer": "negative"}}.\n{input}',
-        check=label_check(("positive", "negative")),
+        extract=partial(first_label, labels=("positive", "negative")),
     ),
     "arithmetic": Pair(
         title="arithmetic × JSON",
@@ -150,7 +162,7 @@ PAIRS = {
         prompt="{input}",
         target="The answer is {label}.",
         prompted='{input} Answer in JSON, as {{"answer": "<the result>"}}.',
-        check=number_check,
+        extract=first_number,
         format_answers="own",
         max_new_tokens=32,
     ),
@@ -163,7 +175,7 @@ wraps the model's own answers (with ``words`` it learned to copy a word of the q
 the JSON field, ``{"answer": "add"}``, over the content skill's answer), with room for a
 sentence. (Letter counting was piloted and dropped: RoAd1 on these blocks learned to answer
 "1", the most common count.)"""
-METHODS = ("halves", "routed", "aware", "joint", "road_ta", "aware_tuned", "lora_ta")
+METHODS = ("halves", "routed", "aware", "buffered", "joint", "road_ta", "aware_tuned", "lora_ta")
 """In run order within a seed: the methods that tune strengths last (they generate the most)."""
 SKILLS = ("content", "format")
 GATED = ("halves", "all", "routed")
@@ -173,16 +185,17 @@ COMPOSED_OF = {
     "routed": ("skill/content/routed", "skill/format/routed"),
     "aware": ("skill/content/routed", "skill/format/aware"),
     "aware_tuned": ("skill/content/routed", "skill/format/aware"),
+    "buffered": ("skill/content/routed", "skill/format/buffered"),
     "road_ta": ("skill/content/all", "skill/format/all"),
     "lora_ta": ("lora/content", "lora/format"),
     "joint": ("skill/joint/all",),
 }
 """The cells whose adapters each method composes (content, format), or (``joint``) the one
 adapter trained on both skills' data."""
-ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned")}
+ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned", "buffered")}
 ALONE |= {m: COMPOSED_OF["halves"] for m in ("joint", "road_ta")}
 """The cells each method's skills are measured alone by: each skill trained on its own (for
-``aware``, the format skill trained without the content skill; for ``joint`` and
+``aware`` and ``buffered``, the format skill trained without the content skill; for ``joint`` and
 ``road_ta``, on its half of the same planes: the all-plane skills are scored on validation
 only, for the gate)."""
 TUNE_PROMPTS = {"content": "validation/content", "gate": "validation/gate"}
@@ -231,6 +244,8 @@ class GenConfig:
     it beats both the base and the most common answer by ``gate`` on them"""
     gate_placements: tuple[str, ...] = ("halves", "all")
     """placements each skill is trained at for the gate, besides those the methods use"""
+    buffer_examples: int = 300
+    """``buffered``: unlabeled content prompts in the format skill's training set"""
     lora_rank: int = 8
     lora_lr: float = 1e-3
     scales: tuple[float, ...] = (0.5, 1.0)
@@ -319,7 +334,7 @@ class SeedRun:
         self.tok = load_tokenizer("smollm2")
         self.pair = pair = PAIRS[cfg.pair]
         reviews, content = get_task("multiemo_en"), get_task(pair.task)
-        shared = pair.task == reviews.name  # content and format skills split one pool
+        self.shared = shared = pair.task == reviews.name  # the two skills split one pool
         n = cfg.train_examples
         pool = reviews.examples("train", 2 * n, seed)  # the format skill's sentences: pool[n:]
         own = pool[:n] if shared else content.examples("train", n, seed)
@@ -445,7 +460,7 @@ class SeedRun:
 
     def placement(self, skill: str, placement: str) -> RoadConfig:
         blocks = self.cfg.blocks
-        if placement in ("routed", "aware"):
+        if placement in ("routed", "aware", "buffered"):
             mine = blocks[0::2] if skill == "content" else blocks[1::2]
             positions = "prompt" if skill == "content" else "answer"
             subspace = None
@@ -467,24 +482,60 @@ class SeedRun:
 
         ``aware`` (format only): the routed format adapter trained with the routed content
         adapter on the model, active and frozen, on the format skill's own prompts (no joint
-        data); scored with both active on the format prompts' validation set. ``joint``
+        data); scored with both active on the format prompts' validation set. ``buffered``
+        (format only): the same, its training set grown by the wrapped answers of the content
+        skill alone to the unlabeled buffer (`buffer`, kept under ``"buffer"``). ``joint``
         (placement ``all``): both skills' examples, for twice the steps."""
         model = RoadModel(self.fresh())
-        if placement == "aware":
+        present = placement in ("aware", "buffered")
+        if present:
             model.load_adapter(self.adapter("skill/content/routed"), "content")
         model.add_adapter(skill, self.placement(skill, placement), seed=self.seed)
-        if placement == "aware":
+        examples, kept = self.training(skill), {}
+        if placement == "buffered":
+            kept["buffer"] = self.buffer(model)
+            examples = examples + self.wrapped(self.buffer_prompts(), kept["buffer"])
+        if present:
             model.set_active("content", skill)
         folder = self.cell(f"{skill}-{placement}")
         config = self.train_config(self.cfg.lr)
         if skill == "joint":
             config = replace(config, max_steps=2 * config.max_steps)
-        train(model, self.tok, self.training(skill), config, folder / "run")
+        train(model, self.tok, examples, config, folder / "run")
         write_adapter(model.adapter_file(skill), folder / "adapter", overwrite=True)
         shutil.rmtree(folder / "run")
-        if placement == "aware":
-            return self.scores(model, "validation/format")
+        if present:
+            return kept | self.scores(model, "validation/format")
         return self.scores(model, *self.skill_sets(skill, placement))
+
+    def buffer_prompts(self) -> list[str]:
+        """``buffer_examples`` content prompts from the training split after those the content
+        skill trained on (and, on a shared pool, after the format skill's sentences)."""
+        c = self.cfg
+        skip = (2 if self.shared else 1) * c.train_examples
+        items = get_task(self.pair.task).examples("train", skip + c.buffer_examples, self.seed)
+        items = items[skip:]
+        return [e.text for e in self.content_examples(items, self.pair.prompt)]
+
+    def buffer(self, model: RoadModel) -> list[str]:
+        """The content skill's answers to the buffer: ``model`` with only ``"content"``
+        active."""
+        model.set_active("content")
+        return answers(model, self.tok, self.buffer_prompts(), self.cfg.new_tokens, progress=False)
+
+    def wrapped(self, prompts: list[str], said: list[str]) -> list[Example]:
+        """Format-skill examples on chat ``prompts``: the answer ``said`` to each wrapped as
+        ``{"answer": ...}`` as the format skill does: for ``own`` the answer (`own_answer`: one
+        cut by the token budget is left out), for ``words`` its content (``"positive"``; one
+        without is left out)."""
+        own = self.cfg.answers_wrapped == "own"
+        wrap = own_answer if own else self.pair.extract
+        pairs = [(p, wrap(a)) for p, a in zip(prompts, said, strict=True)]
+        return [
+            Example(p, (t := json.dumps({"answer": a}),), 0, target=t)
+            for p, a in pairs
+            if a is not None
+        ]
 
     def adapter(self, unit: str) -> AdapterFile:
         """The adapter a skill cell kept (``"skill/content/routed"``)."""
@@ -619,8 +670,9 @@ def gate_units(cfg: GenConfig) -> dict[str, str | None]:
 
 
 def _run_order(unit: str) -> tuple[bool, bool, str]:
-    """Skills before LoRA; the aware format skill after the content skill it needs."""
-    return unit.startswith("lora"), unit.endswith("/aware"), unit
+    """Skills before LoRA; the aware and buffered format skills after the content skill they
+    need."""
+    return unit.startswith("lora"), unit.endswith(("/aware", "/buffered")), unit
 
 
 def run_benchmark(

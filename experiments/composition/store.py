@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -113,7 +113,7 @@ def open_store(out: str | Path, cfg: Any) -> ResultStore:
     folder.mkdir(parents=True, exist_ok=True)
     settings = folder / "config.json"
     wanted = json.loads(json.dumps(asdict(cfg)))
-    if settings.exists() and not _continues(json.loads(settings.read_text()), wanted):
+    if settings.exists() and not _continues(_with_defaults(settings, cfg), wanted):
         raise ValueError(
             f"{folder} holds a benchmark with other settings ({settings}); continue it with "
             f"the same preset and settings (adding to {', '.join(EXTENDABLE)} is allowed), or "
@@ -122,6 +122,13 @@ def open_store(out: str | Path, cfg: Any) -> ResultStore:
     write_text_atomic(settings, json.dumps(wanted, indent=2) + "\n")
     write_text_atomic(folder / "machine.json", json.dumps(machine.describe(), indent=2) + "\n")
     return ResultStore(folder)
+
+
+def _with_defaults(settings: Path, cfg: Any) -> dict[str, Any]:
+    """The settings stored in ``settings``, with those added to ``cfg``'s class since at their
+    defaults (a folder started before a setting existed ran with its default)."""
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
+    return json.loads(json.dumps(defaults)) | json.loads(settings.read_text())
 
 
 def _continues(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
