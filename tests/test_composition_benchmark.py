@@ -48,6 +48,22 @@ def test_a_folder_continues_with_the_same_settings_or_more_methods():
     assert not _continues(stored, {"steps": 200, "methods": ["halves", "lora_ta"]})
 
 
+def test_a_folder_started_before_a_setting_existed_continues_at_its_default(tmp_path):
+    from experiments.composition.generation_bench import make_config
+    from experiments.composition.store import open_store
+
+    cfg = make_config("quick")
+    open_store(tmp_path, cfg)
+    settings = json.loads((tmp_path / "config.json").read_text())
+    del settings["buffer_examples"]  # written by a version without it
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    open_store(tmp_path, cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["buffer_examples"] == 300
+    (tmp_path / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="other settings"):  # it ran with the default
+        open_store(tmp_path, replace(cfg, buffer_examples=50))
+
+
 def test_retained_share_and_its_verdicts():
     probe, alone = np.zeros((1, 100)), np.ones((1, 100))
     composed = np.ones((1, 100))
