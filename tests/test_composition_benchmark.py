@@ -52,7 +52,7 @@ def test_a_folder_started_before_a_setting_existed_continues_at_its_default(tmp_
     from experiments.composition.generation_bench import make_config
     from experiments.composition.store import open_store
 
-    cfg = make_config("quick")
+    cfg = make_config("default")
     open_store(tmp_path, cfg)
     settings = json.loads((tmp_path / "config.json").read_text())
     del settings["buffer_examples"]  # written by a version without it

@@ -13,7 +13,8 @@ other sentences → ``{"answer": ...}``). The content skill is ``sentiment`` (a 
 model's own answer to its question (self-distilled: ``{"answer": "The first word of this
 sentence is \"Hotel\"."}``; joint output ``{"answer": "The answer is -1."}``), so that the
 skill learns to wrap what the model says, not to extract a word. Either way the joint output
-is made only of tokens the two skills emit, and neither skill ever saw it. Per seed, as
+is made only of tokens the two skills emit, and no gold joint output is trained on (only
+``buffered`` sees joint outputs: the content skill's own answers, wrapped). Per seed, as
 resumable cells of a results store (`experiments.composition.store`):
 
 - ``base``: the base model on the content prompts, on the format prompts, and on the
@@ -289,10 +290,11 @@ class GenConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         seeds=(0,),
-        methods=("aware",),
+        methods=("buffered",),
         gate_placements=(),
         steps=30,
         train_examples=240,
+        buffer_examples=48,
         val_examples=16,
         gate_examples=16,
         test_examples=48,
