@@ -32,7 +32,7 @@ resumable cells of a results store (`experiments.composition.store`):
   ``aware`` (format only): the routed format skill trained with the routed content skill
   present, active and frozen, on the format prompts only (interference-aware training
   without joint data);
-  ``buffered`` (format only, ``own``): the same, on the format prompts and on a buffer of
+  ``buffered`` (format only): the same, on the format prompts and on a buffer of
   ``buffer_examples`` **unlabeled** content prompts (training prompts the content skill never
   saw), each answered by the routed content skill alone and wrapped by the format skill's own
   recipe (``own``: ``{"answer": "The answer is 7."}``; ``words``: the content in it,
@@ -138,13 +138,12 @@ class Pair:
     extract: Callable[[str], str | None]
     format_answers: str = "words"
     """what its format skill wraps (`FORMAT_ANSWERS`)"""
+    max_new_tokens: int = 10
+    """room for the joint answer (and the prompted base's)"""
 
     def check(self, answer: str, gold: str) -> bool:
         """Whether ``answer``'s content is ``gold``."""
         return self.extract(answer) == gold.strip()
-
-    max_new_tokens: int = 10
-    """room for the joint answer (and the prompted base's)"""
 
 
 PAIRS = {
@@ -196,9 +195,9 @@ adapter trained on both skills' data."""
 ALONE = COMPOSED_OF | {m: COMPOSED_OF["routed"] for m in ("aware", "aware_tuned", "buffered")}
 ALONE |= {m: COMPOSED_OF["halves"] for m in ("joint", "road_ta")}
 """The cells each method's skills are measured alone by: each skill trained on its own (for
-``aware`` and ``buffered``, the format skill trained without the content skill; for ``joint`` and
-``road_ta``, on its half of the same planes: the all-plane skills are scored on validation
-only, for the gate)."""
+``aware`` and ``buffered``, the format skill trained without the content skill; for
+``joint`` and ``road_ta``, on its half of the same planes: the all-plane skills are scored on
+validation only, for the gate)."""
 TUNE_PROMPTS = {"content": "validation/content", "gate": "validation/gate"}
 """``tune_prompts`` → the validation prompts strengths are picked on."""
 COMPOSED_SETS = ("test/content", "test/format")
