@@ -259,3 +259,7 @@ def test_the_buffer_is_unlabeled_unseen_content_prompts_wrapped_by_the_format_re
     own = SeedRun(make_config("quick", pair="arithmetic", **sizes), 0, Path("x"))
     targets = [e.target for e in own.wrapped(["p", "q"], ["The answer is 7.", "The answer"])]
     assert targets == ['{"answer": "The answer is 7."}']  # own: what it said; cut: left out
+    sizes = dict(train_examples=2000, buffer_examples=200)
+    big = SeedRun(make_config("quick", pair="arithmetic", **sizes), 0, Path("x"))
+    with pytest.raises(ValueError, match="lower buffer_examples"):  # 2,098 training items
+        big.buffer_prompts()

@@ -514,8 +514,14 @@ class SeedRun:
         skill trained on (and, on a shared pool, after the format skill's sentences)."""
         c = self.cfg
         skip = (2 if self.shared else 1) * c.train_examples
-        items = get_task(self.pair.task).examples("train", skip + c.buffer_examples, self.seed)
-        items = items[skip:]
+        task = get_task(self.pair.task)
+        items = task.examples("train", skip + c.buffer_examples, self.seed)[skip:]
+        if len(items) < c.buffer_examples:
+            raise ValueError(
+                f"{task.name} has {task.sizes_by_split()['train']} training items, {skip} of them "
+                f"taken by the skills: not {c.buffer_examples} more for the buffer; lower "
+                "buffer_examples (or train_examples)"
+            )
         return [e.text for e in self.content_examples(items, self.pair.prompt)]
 
     def buffer(self, model: RoadModel) -> list[str]:
