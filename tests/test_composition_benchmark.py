@@ -64,6 +64,32 @@ def test_a_folder_started_before_a_setting_existed_continues_at_its_default(tmp_
         open_store(tmp_path, replace(cfg, buffer_examples=50))
 
 
+def test_a_folder_reuses_the_cells_that_do_not_read_the_changed_setting(tmp_path):
+    from experiments.composition.generation_bench import make_config
+    from experiments.composition.store import ResultStore, open_store, reuse_cells
+
+    cfg, source, out = make_config("default"), tmp_path / "source", tmp_path / "out"
+    store = open_store(source, cfg)
+    for key in ("seed0/base", "seed0/skill/format/buffered", "seed0/compose/buffered"):
+        store.put(key, {"answers": [key]})
+    for cell in ("content-routed", "format-buffered"):
+        (source / "cells/seed0" / cell).mkdir(parents=True)
+        (source / "cells/seed0" / cell / "adapter.bin").write_bytes(b"weights")
+
+    bigger = replace(cfg, buffer_examples=1000)
+    assert reuse_cells(source, out, bigger) == ["seed0/base"]
+    assert ResultStore(out)["seed0/base"]["reused_from"] == str(source)
+    assert (out / "cells/seed0/content-routed/adapter.bin").read_bytes() == b"weights"
+    assert not (out / "cells/seed0/format-buffered").exists()
+    assert json.loads((out / "config.json").read_text())["buffer_examples"] == 1000
+    assert reuse_cells(source, out, bigger) == []  # again: nothing left to copy
+    with pytest.raises(ValueError, match="differs in steps, which every cell may read"):
+        reuse_cells(source, tmp_path / "other", replace(bigger, steps=61))
+    with pytest.raises(ValueError, match="no config.json"):
+        reuse_cells(tmp_path / "nothing", tmp_path / "other", bigger)
+    assert not (tmp_path / "other").exists()  # a refusal writes nothing
+
+
 def test_retained_share_and_its_verdicts():
     probe, alone = np.zeros((1, 100)), np.ones((1, 100))
     composed = np.ones((1, 100))
@@ -134,6 +160,7 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     from safetensors.torch import load_file
 
     from experiments.composition.generation_bench import SeedRun, make_config, run_benchmark
+    from experiments.composition.store import reuse_cells
 
     cfg = make_config(
         "quick", steps=2, train_examples=16, val_examples=4, test_examples=6, max_new_tokens=3,
@@ -187,6 +214,14 @@ def test_a_tiny_generation_benchmark_runs_resumes_and_reports(tmp_path):
     delta.unlink()  # a clone of the results folder: ΔW are not committed; trained again
     again = SeedRun(cfg, 0, tmp_path).lora_delta("content")
     assert again.keys() == kept.keys() and delta.exists()
+    bigger, other = replace(more, buffer_examples=6), tmp_path / "bigger-buffer"
+    reused = set(reuse_cells(tmp_path, other, bigger))  # only the buffered cells run again
+    assert reused == set(ResultStore(tmp_path).records) - {"seed0/skill/format/buffered",
+                                                           "seed0/compose/buffered"}  # fmt: skip
+    summary = run_benchmark(bigger, other)
+    assert len(ResultStore(other)["seed0/skill/format/buffered"]["buffer"]) == 6
+    assert summary["reused_from"] == [str(tmp_path)] and "buffered" in summary["methods"]
+    assert "reused from" in (other / "README.md").read_text()
 
 
 def test_the_arithmetic_pair_asks_the_gym_question_and_keeps_the_format_skill():

@@ -81,9 +81,19 @@ def test_a_pair_scored_on_fewer_than_three_seeds_is_listed_but_not_counted(tmp_p
     assert summary["pairs"]["gen-more/arithmetic"]["scored"]
     assert not summary["pairs"]["gen-more/arithmetic"]["counted"]
     targets = summary["targets"]
-    assert targets["pairs scored"] == "1 of 2 (gen/sentiment)"
+    assert targets["pairs scored"] == "1 of 2 (sentiment: aware in gen)"
     beats = next(v for k, v in targets.items() if k.startswith("beats LoRA"))
     assert beats == "met (1 of 1 pairs)"  # the one-seed pair's gap below 0 is not counted
     partial = next(v for k, v in targets.items() if "fewer than 3 seeds" in k)
     assert partial == "gen-more/arithmetic (seeds [0])"
     assert "partial, not counted: words" in (tmp_path / "README.md").read_text()
+
+
+def test_folders_of_one_pair_count_once_by_their_best_method(tmp_path):
+    _folder(tmp_path, "gen", _generation_summary({"aware": 0.7}, [0.1, 0.2, 0.3]), {})
+    shares = _generation_summary({"buffered": 0.8}, [-0.1, 0.1, 0.3])
+    _folder(tmp_path, "gen-bigger-buffer", shares, {"pair": "sentiment"})
+    targets = overview.write(tmp_path)["targets"]
+    assert targets["pairs scored"] == "1 of 1 (sentiment: buffered in gen-bigger-buffer)"
+    beats = next(v for k, v in targets.items() if k.startswith("beats LoRA"))
+    assert beats == "not met (0 of 1 pairs)"  # the best folder's gap, not the other's

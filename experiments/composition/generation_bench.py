@@ -87,7 +87,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -210,6 +210,9 @@ BASE_SETS += ("test/prompted",)
 @dataclass(frozen=True)
 class GenConfig:
     """Settings of the generation benchmark (defaults: the full run)."""
+
+    READ_BY: ClassVar[dict[str, str]] = {"buffer_examples": "buffered"}
+    """settings only some cells read, with the word in their keys (`store.reuse_cells`)"""
 
     pair: str = "sentiment"
     """the content skill (`PAIRS`)"""

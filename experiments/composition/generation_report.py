@@ -44,6 +44,9 @@ def write(
 
     seeds = [s for s in cfg.seeds if all(f"seed{s}/{u}" in store for u in _units(cfg))]
     summary: dict[str, Any] = {"finished": finished, "seeds": seeds, "gate": {}, "methods": {}}
+    reused = sorted({r["reused_from"] for r in store.records.values() if "reused_from" in r})
+    if reused:
+        summary["reused_from"] = reused
     done = {m: [s for s in seeds if _finished(store, s, m)] for m in cfg.methods}
     summary["verdicts"] = {}
     rows = []
@@ -299,6 +302,14 @@ def _readme(
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()),
         "",
+    ]
+    if "reused_from" in summary:
+        lines += [
+            f"Cells that do not read the settings changed were reused from "
+            f"{', '.join(summary['reused_from'])} (`--reuse`; their records say so).",
+            "",
+        ]
+    lines += [
         "## Learnability gate (validation, mean over seeds)",
         "",
         "| skill | prompts | metric | base | most common answer | halves | all planes | routed "

@@ -19,7 +19,8 @@ run). Targets, over the pairs
 that passed the gate and have ``MIN_SEEDS`` finished seeds (a pair scored on fewer is listed as
 partial, not counted): the best RoAd method keeps each skill (`bench_report.kept`), beats
 LoRA task arithmetic on at least half of the pairs, and on generation pairs has joint
-success above the independence product and above the prompted base.
+success above the independence product and above the prompted base. A pair held by several
+folders (the same skills at other settings) counts once, by the best RoAd method of any.
 """
 
 from __future__ import annotations
@@ -106,32 +107,43 @@ def _entry(folder: str, kind: str, seeds: list, gate: dict, methods: dict) -> di
 def best_method(pair: dict[str, Any]) -> str | None:
     """The RoAd method with the highest joint success (generation) or smallest retained
     share (classification), point estimates."""
-    road = {m: e for m, e in pair["methods"].items() if m not in BASELINES}
-    if not road:
-        return None
+    road = [m for m in pair["methods"] if m not in BASELINES]
+    return max(road, key=lambda m: _score(pair, m)) if road else None
+
+
+def _score(pair: dict[str, Any], method: str) -> float:
+    """What `best_method` ranks by: joint success, or the smallest retained share."""
+    entry = pair["methods"][method]
     if pair["kind"] == "generation":
-        return max(road, key=lambda m: road[m]["joint_success"][1])
-    return max(road, key=lambda m: min(s[1] for s in road[m]["retained_share"].values()))
+        return float(entry["joint_success"][1])
+    return min(s[1] for s in entry["retained_share"].values())
 
 
 def targets(pairs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """The issue's three targets over the pairs that passed the gate on `MIN_SEEDS` seeds, in
-    words."""
-    scored = {name: p for name, p in pairs.items() if p["counted"] and best_method(p)}
+    words. Folders of one pair (``<folder>/<pair>``: the same skills at other settings) count
+    once, by the best RoAd method of any of them."""
+    counted = {name: p for name, p in pairs.items() if p["counted"] and best_method(p)}
     partial = [
         f"{name} (seeds {p['seeds']})"
         for name, p in pairs.items()
         if p["scored"] and not p["counted"] and best_method(p)
     ]
     waiting = {f"scored on fewer than {MIN_SEEDS} seeds, not counted": ", ".join(partial)}
-    if not scored:
+    if not counted:
         return {
             "every target": f"not established: no pair passed the gate on {MIN_SEEDS} seeds",
             **(waiting if partial else {}),
         }
+    best: dict[str, tuple[str, str]] = {}  # pair -> (folder entry, method)
+    for name, pair in counted.items():
+        method = best_method(pair)
+        held = best.get(pair_of(name))
+        if held is None or _score(pair, method) > _score(counted[held[0]], held[1]):
+            best[pair_of(name)] = (name, method)
     keeps, beats, joint = [], [], []
-    for pair in scored.values():
-        entry = pair["methods"][best_method(pair)]
+    for name, method in best.values():
+        pair, entry = counted[name], counted[name]["methods"][method]
         keeps.append(all(kept(tuple(s)) == "met" for s in entry["retained_share"].values()))
         beats.append(_beats(entry["vs_lora_task_arithmetic"]))
         if pair["kind"] == "generation":
@@ -139,9 +151,10 @@ def targets(pairs: dict[str, dict[str, Any]]) -> dict[str, str]:
                 verdict(tuple(entry["joint_minus_independence"]), 0.0) == "met"
                 and verdict(tuple(entry["joint_minus_prompted_base"]), 0.0) == "met"
             )
-    n = len(scored)
+    n = len(best)
+    used = ", ".join(f"{p}: {m} in {name.split('/')[0]}" for p, (name, m) in best.items())
     out = {
-        "pairs scored": f"{n} of {len(pairs)} ({', '.join(scored)})",
+        "pairs scored": f"{n} of {len({pair_of(name) for name in pairs})} ({used})",
         **(waiting if partial else {}),
         "best RoAd method keeps >= 95% of each skill's gain (low end >= 85%) on every pair": (
             f"{'met' if all(keeps) else 'not met'} ({sum(keeps)} of {n} pairs)"
@@ -155,6 +168,11 @@ def targets(pairs: dict[str, dict[str, Any]]) -> dict[str, str]:
             f"{'met' if all(joint) else 'not met'} ({sum(joint)} of {len(joint)} pairs)"
         )
     return out
+
+
+def pair_of(name: str) -> str:
+    """The pair of an overview entry ``<folder>/<pair>``."""
+    return name.split("/", 1)[1]
 
 
 def _beats(vs: Any) -> bool:

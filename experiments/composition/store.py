@@ -5,7 +5,9 @@ cell is done), each ``{"key": ..., ...}``. A run skips every cell whose key is i
 so running the same command again continues where the last sitting stopped; a cell killed
 half-way left no line and runs again. `run_cells` stops starting new cells once a time
 budget is spent. Processes may share one store (each appends under a lock): ``--only seed1``
-in one shell and ``--only seed2`` in another run two seeds side by side.
+in one shell and ``--only seed2`` in another run two seeds side by side. A folder with one
+setting changed can start from another's cells that do not read it (`reuse_cells`,
+``--reuse``), so trying a setting reruns only the cells it touches.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from road_interp.files import write_text_atomic
+from road_interp.files import atomic_file, write_text_atomic
 
 from .. import machine
 
@@ -124,6 +127,46 @@ def open_store(out: str | Path, cfg: Any) -> ResultStore:
     return ResultStore(folder)
 
 
+def reuse_cells(source: str | Path, out: str | Path, cfg: Any) -> list[str]:
+    """Start the folder ``out`` (settings ``cfg``) from the finished cells of ``source`` that
+    do not read the settings the two folders differ in; the keys copied.
+
+    ``cfg``'s class may name, in ``READ_BY``, settings that only some cells read, each with
+    the word in those cells' keys and folder names (``{"buffer_examples": "buffered"}``); a
+    difference in any other setting (but for `EXTENDABLE` ones) is refused, as every cell may
+    read it. Each copied record is marked ``reused_from``; the files under ``cells/`` that go
+    with it are copied first (each in one rename), so a run killed half-way copies again."""
+    source = Path(source)
+    settings = source / "config.json"
+    if not settings.exists():
+        raise ValueError(f"{source} holds no benchmark (no config.json) to reuse cells from")
+    stored, wanted = _with_defaults(settings, cfg), json.loads(json.dumps(asdict(cfg)))
+    changed = {k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k)}
+    read_by: Mapping[str, str] = getattr(type(cfg), "READ_BY", {})
+    unsafe = sorted(changed - set(EXTENDABLE) - set(read_by))
+    if unsafe:
+        raise ValueError(
+            f"{source} differs in {', '.join(unsafe)}, which every cell may read: no cell can "
+            f"be reused (only {', '.join(sorted(read_by)) or 'no setting'} may differ)"
+        )
+    words = tuple(read_by[k] for k in changed if k in read_by)
+    target = open_store(out, cfg).folder
+
+    def unaffected(name: str) -> bool:
+        return not any(word in name for word in words)
+
+    done, records = ResultStore(target), ResultStore(source).records
+    keys = [k for k in records if unaffected(k) and k not in done]
+    for path in sorted((source / "cells").rglob("*")):
+        relative = path.relative_to(source)
+        if path.is_file() and unaffected(str(relative)) and not (target / relative).exists():
+            with atomic_file(target / relative) as tmp:
+                shutil.copyfile(path, tmp)
+    for key in keys:
+        done.put(key, {**records[key], "reused_from": str(source)})
+    return keys
+
+
 def _with_defaults(settings: Path, cfg: Any) -> dict[str, Any]:
     """The settings stored in ``settings``, with those added to ``cfg``'s class since at their
     defaults (a folder started before a setting existed ran with its default)."""
@@ -176,19 +219,23 @@ def benchmark_main(
     make_config: Callable[..., Any],
     run: Callable[..., dict[str, Any]],
 ) -> int:
-    """A benchmark's ``main``: `parse_cli`, ``run(make_config(preset, **changes), out,
-    budget, only)``, its verdicts printed."""
-    preset, out, budget, changes, only = parse_cli(argv, prog, description, presets, config)
-    summary = run(make_config(preset, **changes), out, budget, only)
+    """A benchmark's ``main``: `parse_cli`, the cells of ``--reuse`` copied (`reuse_cells`),
+    ``run(make_config(preset, **changes), out, budget, only)``, its verdicts printed."""
+    preset, out, budget, changes, only, reuse = parse_cli(argv, prog, description, presets, config)
+    cfg = make_config(preset, **changes)
+    if reuse:
+        print(f"reused {len(reuse_cells(reuse, out, cfg))} finished cells of {reuse}")
+    summary = run(cfg, out, budget, only)
     print(json.dumps(summary["verdicts"], indent=2))
     return 0
 
 
 def parse_cli(
     argv: list[str] | None, prog: str, description: str, presets: Iterable[str], config: type
-) -> tuple[str, str, float | None, dict[str, Any], list[str]]:
+) -> tuple[str, str, float | None, dict[str, Any], list[str], str | None]:
     """A benchmark's command line: (preset, output folder, budget minutes, setting changes
-    from ``--set KEY=JSON`` with lists read as tuples, the key prefixes of ``--only``)."""
+    from ``--set KEY=JSON`` with lists read as tuples, the key prefixes of ``--only``, the
+    folder of ``--reuse``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--preset", default="quick", choices=sorted(presets))
     parser.add_argument("-o", "--output", required=True, help="results folder (accumulates)")
@@ -211,12 +258,18 @@ def parse_cli(
         "processes can share one output folder, each with its own seeds; the report counts "
         "every finished cell)",
     )
+    parser.add_argument(
+        "--reuse",
+        metavar="FOLDER",
+        help="start from FOLDER's finished cells that do not read the settings changed, e.g. "
+        "another buffer_examples (the others are refused: every cell reads them)",
+    )
     args = parser.parse_args(argv)
     changes = {}
     for item in args.set:
         key, _, value = item.partition("=")
         changes[key] = _tuples(json.loads(value))
-    return args.preset, args.output, args.budget_minutes, changes, args.only
+    return args.preset, args.output, args.budget_minutes, changes, args.only, args.reuse
 
 
 def _tuples(value: Any) -> Any:
