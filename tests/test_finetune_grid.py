@@ -160,7 +160,7 @@ def test_verdict_not_met_and_not_established(tmp_path):
     assert diff["verdict"] == "not established"
 
 
-def test_only_cuts_the_preset_to_models_and_tasks():
+def test_only_cuts_the_preset_to_models_tasks_and_methods():
     full = Preset.load("full")
     cut = only(full, ["smollm2"], ["gym_chain_sum", "multiemo4_en"])
     assert [(g.model, g.tasks) for g in cut.groups] == [("smollm2", ("gym_chain_sum",))]
@@ -168,6 +168,11 @@ def test_only_cuts_the_preset_to_models_and_tasks():
     assert [g.model for g in only(full, None, ["multiemo_en"]).groups] == ["minilm", "smollm2"]
     with pytest.raises(SystemExit, match="no group"):
         only(full, ["minilm"], ["gym_chain_sum"])
+    first = only(full, ["minilm"], ["multiemo_en"], ["road_1", "lora", "zero_shot"])
+    assert first.groups[0].methods == ("road_1", "lora")
+    assert first.groups[0].gate == full.groups[0].gate
+    with pytest.raises(SystemExit, match="methods"):
+        only(full, ["minilm"], None, ["zero_shot"])
 
 
 def test_committed_presets_are_valid():

@@ -286,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these tasks' cells (the same caveat as --models: split processes by task)",
     )
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="sweep and score only these methods (gate cells are kept), e.g. road_1 lora first",
+    )
+    parser.add_argument(
         "--threads", type=int, help="CPU threads (default: the preset's), e.g. 1 beside another job"
     )
     parser.add_argument("--report", action="store_true", help="only rebuild the report")
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or Path(tempfile.gettempdir()) / f"road_finetune_{preset.name}")
     finished = True
     if not args.report:
-        chosen = only(preset, args.models, args.tasks)
+        chosen = only(preset, args.models, args.tasks, args.methods)
         finished = run_cells(
             cells(chosen, store, work, tuple(args.phases)), store, args.budget_minutes
         )
@@ -311,15 +316,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def only(preset: Preset, models: list[str] | None, tasks: list[str] | None) -> Preset:
-    """``preset`` cut to the groups of ``models`` and, in them, the ``tasks`` (None: all)."""
+def only(
+    preset: Preset,
+    models: list[str] | None,
+    tasks: list[str] | None,
+    methods: list[str] | None = None,
+) -> Preset:
+    """``preset`` cut to the groups of ``models`` and, in them, the ``tasks`` and ``methods``
+    (None: all; a group's gate stays as it is)."""
     groups = []
     for group in preset.groups:
         kept = tuple(t for t in group.tasks if tasks is None or t in tasks)
-        if kept and (models is None or group.model in models):
-            groups.append(replace(group, tasks=kept))
+        used = tuple(m for m in group.methods if methods is None or m in methods)
+        if kept and used and (models is None or group.model in models):
+            groups.append(replace(group, tasks=kept, methods=used))
     if not groups:
-        raise SystemExit(f"no group of preset {preset.name!r} has models {models}, tasks {tasks}")
+        raise SystemExit(
+            f"no group of preset {preset.name!r} has models {models}, tasks {tasks}, "
+            f"methods {methods}"
+        )
     return replace(preset, groups=tuple(groups))
 
 
