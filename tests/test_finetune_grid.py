@@ -173,6 +173,8 @@ def test_only_cuts_the_preset_to_models_tasks_and_methods():
     assert first.groups[0].gate == full.groups[0].gate
     with pytest.raises(SystemExit, match="methods"):
         only(full, ["minilm"], None, ["zero_shot"])
+    with pytest.raises(SystemExit, match="unknown methods \\['road1'\\]"):
+        only(full, None, None, ["road1", "lora"])
 
 
 def test_committed_presets_are_valid():

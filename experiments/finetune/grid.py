@@ -324,6 +324,11 @@ def only(
 ) -> Preset:
     """``preset`` cut to the groups of ``models`` and, in them, the ``tasks`` and ``methods``
     (None: all; a group's gate stays as it is)."""
+    known = {m for group in preset.groups for m in group.methods}
+    if methods is not None and (unknown := set(methods) - known):
+        raise SystemExit(
+            f"unknown methods {sorted(unknown)}; preset {preset.name!r} has {sorted(known)}"
+        )
     groups = []
     for group in preset.groups:
         kept = tuple(t for t in group.tasks if tasks is None or t in tasks)
