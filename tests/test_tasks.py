@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import random
 import subprocess
 import sys
 from collections import Counter
@@ -19,10 +20,12 @@ from road_interp.tasks import (
     Example,
     get_task,
     list_tasks,
+    multiemo,
     parallel_sentences,
 )
 from road_interp.tasks.base import SplitSizes, assign_splits, stratified_order
 from road_interp.tasks.multiemo import ALIGNED_ROWS, _rows
+from road_interp.tasks.probing import replace_word, swap_adjacent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,3 +260,45 @@ def test_splits_do_not_depend_on_the_process(tmp_path):
         task = get_task(name)
         mine = repr([task.examples(s) for s in SPLITS]).encode()
         assert hashlib.sha256(mine).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("name", ["wordorder_en", "oddword_en"])
+def test_probing_tasks_change_about_half_of_real_sentences(name):
+    """An ``original`` example is a MultiEmo sentence of its split as written; a changed one
+    is that split's sentence with two adjacent words swapped (wordorder) or one word replaced
+    by a word of the split (oddword), never a sentence of another split."""
+    task = get_task(name)
+    for split in SPLITS:
+        rows = [text for _, text, s in multiemo.sentences("en") if s == split]
+        written = set(rows)
+        by_words = {tuple(sorted(t.split())): t for t in rows}
+        by_length = Counter(len(t.split()) for t in rows)
+        vocabulary = {w.lower() for t in rows for w in t.split()}
+        exs = task.examples(split)
+        assert 0.45 < sum(e.label for e in exs) / len(exs) < 0.55
+        for e in exs[:300]:
+            words = e.text.split()
+            if e.answer == "original":
+                assert e.text in written
+                continue
+            assert e.text not in written and by_length[len(words)]
+            if name == "wordorder_en":
+                source = by_words[tuple(sorted(words))].split()
+                moved = [i for i, (a, b) in enumerate(zip(words, source, strict=True)) if a != b]
+                assert len(moved) == 2 and moved[1] == moved[0] + 1
+                assert words[moved[0]] == source[moved[1]] and words[moved[1]] == source[moved[0]]
+            else:
+                assert any(
+                    sum(a != b for a, b in zip(words, t.split(), strict=True)) == 1
+                    for t in rows
+                    if len(t.split()) == len(words)
+                )
+                assert {w.lower() for w in words} <= vocabulary
+
+
+def test_probing_changes_are_alphabetic_and_keep_case():
+    rng = random.Random(0)
+    assert swap_adjacent("Good , nice .", rng) is None  # no two adjacent words
+    assert swap_adjacent("the the food", rng) == "the food the"
+    assert replace_word("Great service, really.", ["bad"], rng) == "Bad service, really."
+    assert replace_word("... !", ["bad"], rng) is None

@@ -85,6 +85,15 @@ def loader(lang: str, labels: tuple[str, ...] = LABELS, relabel: dict[str, str] 
     return load
 
 
+def sentences(lang: str = "en") -> list[tuple[int, str, str]]:
+    """``(row, sentence, split)`` of every usable row of ``lang`` (all four sentiments), in
+    file order, cut by the shared split."""
+    if lang not in LANGUAGES:
+        raise ValueError(f"MultiEmo has no language {lang!r}; choose from {LANGUAGES}")
+    splits, usable = _row_splits(), _usable(lang)
+    return [(i, text, splits[i]) for i, (text, _) in enumerate(_rows(lang)) if i in usable]
+
+
 @dataclass(frozen=True)
 class ParallelPair:
     """Row ``index`` of MultiEmo in two languages, with its (4-way) sentiment."""

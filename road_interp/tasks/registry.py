@@ -5,6 +5,8 @@
 | ``multiemo_<lang>`` | classification, 2 labels | BIG-bench multiemo (pos/neg rows) | SST-2 |
 | ``multiemo4_en`` | classification, 4 labels | BIG-bench multiemo (all rows, English) | SST-5-like |
 | ``subjectivity_en`` | classification, 2 labels | BIG-bench multiemo (neutral vs pos/neg) | SUBJ |
+| ``wordorder_en`` | classification, 2 labels | MultiEmo English, two adjacent words swapped | BShift |
+| ``oddword_en`` | classification, 2 labels | MultiEmo English, one word replaced | SOMO |
 | ``vitaminc`` | classification, 3 labels | BIG-bench vitaminc_fact_verification | MNLI |
 | ``epistemic_reasoning`` | classification, 2 labels | BIG-bench epistemic_reasoning | RTE |
 | ``hyperbaton`` | classification, 2 labels (a/b) | BIG-bench hyperbaton | CoLA |
@@ -25,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data import DataError, GymSkill, fetch_bigbench, fetch_gym
-from . import multiemo, sources
+from . import multiemo, probing, sources
 from .base import SPLITS, Task
 
 GYM_SKILLS = (
@@ -97,6 +99,31 @@ def _build() -> dict[str, Task]:
             multiemo.loader("en", multiemo.SUBJECTIVITY, multiemo.POLAR),
             labels=multiemo.SUBJECTIVITY,
             instruction="Is this sentence neutral, or does it express an opinion (polar)?",
+            text_name="Sentence",
+        ),
+        Task(
+            "wordorder_en",
+            "classification",
+            "accuracy",
+            "Word order (SentEval's BShift) on MultiEmo's English sentences: were two adjacent "
+            "words swapped (about half were)? Same split as multiemo_en; all sentiments.",
+            f"bigbench:{multiemo.task_path('en')}",
+            probing.word_order_loader(),
+            labels=probing.WORD_ORDER,
+            instruction="Is this sentence as written (original), or were two adjacent words "
+            "swapped?",
+            text_name="Sentence",
+        ),
+        Task(
+            "oddword_en",
+            "classification",
+            "accuracy",
+            "Odd word (SentEval's SOMO) on MultiEmo's English sentences: was one word replaced "
+            "by a random word of the corpus (about half were)? Same split as multiemo_en.",
+            f"bigbench:{multiemo.task_path('en')}",
+            probing.odd_word_loader(),
+            labels=probing.ODD_WORD,
+            instruction="Is this sentence as written (original), or was one word replaced?",
             text_name="Sentence",
         ),
         Task(
