@@ -38,14 +38,16 @@ def test_store_skips_finished_cells_and_survives_a_cut_last_line(tmp_path):
         ResultStore(tmp_path)
 
 
-def test_a_folder_continues_with_the_same_settings_or_more_methods():
+def test_a_folder_continues_with_the_same_settings_or_more_methods_and_pairs():
     from experiments.composition.store import _continues
 
-    stored = {"steps": 60, "methods": ["halves", "lora_ta"]}
+    stored = {"steps": 60, "methods": ["halves", "lora_ta"], "pairs": [["a", "b"]]}
     assert _continues(stored, dict(stored))
-    assert _continues(stored, {"steps": 60, "methods": ["halves", "road_ta", "lora_ta"]})
-    assert not _continues(stored, {"steps": 60, "methods": ["halves"]})
-    assert not _continues(stored, {"steps": 200, "methods": ["halves", "lora_ta"]})
+    assert _continues(stored, stored | {"methods": ["halves", "road_ta", "lora_ta"]})
+    assert _continues(stored, stored | {"pairs": [["c", "d"], ["a", "b"]]})
+    assert not _continues(stored, stored | {"pairs": [["b", "a"]]})  # a pair is ordered
+    assert not _continues(stored, stored | {"methods": ["halves"]})
+    assert not _continues(stored, stored | {"steps": 200})
 
 
 def test_a_folder_started_before_a_setting_existed_continues_at_its_default(tmp_path):

@@ -104,7 +104,7 @@ def run_cells(
     return others_done
 
 
-EXTENDABLE = ("methods",)
+EXTENDABLE = ("methods", "pairs")
 """Settings a later run may add to: cells are keyed by them, so the finished ones stay valid."""
 
 
@@ -180,7 +180,10 @@ def _continues(stored: dict[str, Any], wanted: dict[str, Any]) -> bool:
     def fixed(settings: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in settings.items() if k not in EXTENDABLE}
 
-    grown = all(set(stored.get(k) or ()) <= set(wanted.get(k) or ()) for k in EXTENDABLE)
+    def members(settings: dict[str, Any], key: str) -> set[Any]:  # a pair is a JSON list
+        return {tuple(v) if isinstance(v, list) else v for v in settings.get(key) or ()}
+
+    grown = all(members(stored, k) <= members(wanted, k) for k in EXTENDABLE)
     return fixed(stored) == fixed(wanted) and grown
 
 
