@@ -302,3 +302,23 @@ def test_probing_changes_are_alphabetic_and_keep_case():
     assert swap_adjacent("the the food", rng) == "the food the"
     assert replace_word("Great service, really.", ["bad"], rng) == "Bad service, really."
     assert replace_word("... !", ["bad"], rng) is None
+
+
+def test_which_positive_pairs_a_negative_with_a_positive_sentence_of_one_split():
+    task = get_task("which_positive_en")
+    sentiment: dict[tuple[str, str], set[str]] = {}  # a few texts occur with both labels
+    for s in SPLITS:
+        for e in get_task("multiemo_en").examples(s):
+            sentiment.setdefault((s, e.text), set()).add(e.answer)
+    assert task.sizes_by_split()["test"] >= 1000
+    for split in SPLITS:
+        exs = task.examples(split)
+        assert 0.45 < sum(e.label for e in exs) / len(exs) < 0.55
+        pairs = [(e.text, e.text_pair) for e in exs]
+        assert len(set(pairs)) == len(pairs)
+        for e in exs:
+            positive = (e.text, e.text_pair)[e.label]
+            negative = (e.text, e.text_pair)[1 - e.label]
+            assert "positive" in sentiment[split, positive]
+            assert "negative" in sentiment[split, negative]
+            assert max(len(positive.split()), len(negative.split())) <= 20

@@ -1,16 +1,18 @@
-"""Probing tasks on MultiEmo's English sentences (SentEval's BShift and SOMO, Conneau et al.
-2018): is a sentence as written, or was it changed?
+"""Tasks on MultiEmo's English sentences that a mean-pooled sentence encoder's frozen probe
+cannot read but a finetuned encoder can learn.
 
-- ``wordorder_en`` (BShift): in about half of the sentences two adjacent words are swapped;
-  labels ``original`` / ``swapped``.
-- ``oddword_en`` (SOMO): in about half of the sentences one word is replaced by a word drawn
-  from the other sentences of its split (so by its frequency in text); labels ``original`` /
-  ``replaced``.
+- ``wordorder_en`` (SentEval's BShift, Conneau et al. 2018): in about half of the sentences
+  two adjacent words are swapped; labels ``original`` / ``swapped``.
+- ``oddword_en`` (SentEval's SOMO): in about half of the sentences one word is replaced by a
+  word drawn from the other sentences of its split (so by its frequency in text); labels
+  ``original`` / ``replaced``.
+- ``which_positive_en``: two sentences of one split, one negative and one positive, as a
+  sentence pair; which is the positive one (``first`` / ``second``)?
 
-A mean-pooled sentence encoder hardly registers word order or one word out of place, so its
-frozen linear probe stays near chance here while a finetuned encoder can learn both: skills
-whose gain over the probe is large, which the composition benchmark's learnability gate asks
-of a skill (sentiment is not one on MiniLM: its probe already reads it).
+Mean pooling hardly registers word order, one word out of place, or which segment a word
+is in, so the frozen linear probe stays near chance here: skills whose gain over the probe
+can be large, which the composition benchmark's learnability gate asks of a skill (plain
+sentiment is not one on MiniLM: its probe already reads it).
 
 Which sentences are changed, and how, is drawn from a seed per row, so each task is fixed.
 Only alphabetic words are moved or replaced and a replacement keeps the capital of the word
@@ -22,18 +24,22 @@ with ``multiemo_en``), all four sentiments included.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import defaultdict
 from collections.abc import Callable
 
 from . import multiemo
-from .base import Example, Item
+from .base import SPLITS, Example, Item
 
 MIN_WORDS, MAX_WORDS = 4, 30
 WORD = re.compile(r"^[A-Za-z]+$")
 WORD_ORDER = ("original", "swapped")
 ODD_WORD = ("original", "replaced")
+WHICH_POSITIVE = ("first", "second")
+PAIR_MAX_WORDS = 20
+"""``which_positive_en``: the longest sentence of a pair, so that both fit 64 tokens."""
 
 
 def _words(sentence: str) -> tuple[list[str], list[int]]:
@@ -102,3 +108,33 @@ def word_order_loader() -> Callable[[], list[Item]]:
 def odd_word_loader() -> Callable[[], list[Item]]:
     """Items of ``oddword_en``."""
     return _loader("oddword_en", ODD_WORD, replace_word)
+
+
+def which_positive_loader() -> Callable[[], list[Item]]:
+    """Items of ``which_positive_en``.
+
+    Per split, the negative sentences N and positive sentences P of ``multiemo_en`` with at
+    most ``PAIR_MAX_WORDS`` words, each list in a seeded order, give the pairs
+    (N[j mod |N|], P[j mod |P|]) for j < |N| + |P| (fewer if the pairs would repeat), each in a
+    seeded order: every sentence is in about two pairs (so a test set has ≥ 1,000 pairs), with
+    different partners, and never in another split's."""
+
+    def load() -> list[Item]:
+        polar: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for item in multiemo.loader("en")():
+            if len(item.example.text.split()) <= PAIR_MAX_WORDS:
+                polar[str(item.split), item.example.answer].append(item.example.text)
+        items = []
+        for split in SPLITS:
+            neg, pos = polar[split, "negative"], polar[split, "positive"]
+            for side in (neg, pos):
+                random.Random(f"which_positive_en/{split}").shuffle(side)
+            for j in range(min(len(neg) + len(pos), math.lcm(len(neg), len(pos)))):
+                a, b = neg[j % len(neg)], pos[j % len(pos)]
+                second = random.Random(f"which_positive_en/{split}/{j}").random() < 0.5
+                first, other = (a, b) if second else (b, a)
+                example = Example(first, WHICH_POSITIVE, int(second), text_pair=other)
+                items.append(Item(example, f"{split}{j}", split))
+        return items
+
+    return load

@@ -7,6 +7,7 @@
 | ``subjectivity_en`` | classification, 2 labels | BIG-bench multiemo (neutral vs pos/neg) | SUBJ |
 | ``wordorder_en`` | classification, 2 labels | MultiEmo English, two adjacent words swapped | BShift |
 | ``oddword_en`` | classification, 2 labels | MultiEmo English, one word replaced | SOMO |
+| ``which_positive_en`` | classification, 2 labels | MultiEmo English, a negative and a positive sentence | – |
 | ``vitaminc`` | classification, 3 labels | BIG-bench vitaminc_fact_verification | MNLI |
 | ``epistemic_reasoning`` | classification, 2 labels | BIG-bench epistemic_reasoning | RTE |
 | ``hyperbaton`` | classification, 2 labels (a/b) | BIG-bench hyperbaton | CoLA |
@@ -125,6 +126,21 @@ def _build() -> dict[str, Task]:
             labels=probing.ODD_WORD,
             instruction="Is this sentence as written (original), or was one word replaced?",
             text_name="Sentence",
+        ),
+        Task(
+            "which_positive_en",
+            "classification",
+            "accuracy",
+            "Which of two MultiEmo English sentences, one negative and one positive (each of at "
+            "most 20 words, both from one split of multiemo_en), is the positive one? Each "
+            "sentence is in about two pairs.",
+            f"bigbench:{multiemo.task_path('en')}",
+            probing.which_positive_loader(),
+            labels=probing.WHICH_POSITIVE,
+            instruction="One of these two sentences is positive and the other negative. Which "
+            "is the positive one, the first or the second?",
+            text_name="First",
+            pair_name="Second",
         ),
         Task(
             "vitaminc",
