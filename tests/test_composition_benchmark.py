@@ -120,10 +120,10 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
     store = ResultStore(tmp_path)
     keys = set(store.records)
     assert {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k} == {"halves", "ties", "lora_ta"}
-    record = store["multiemo_en+subjectivity_en/seed0/compose/halves"]
+    record = store["which_positive_en+wordorder_en/seed0/compose/halves"]
     assert len(record["task0"]["test"]) == 16 and set(record["task1"]["test"]) <= {0, 1}
-    pair = summary["pairs"]["multiemo_en+subjectivity_en"]
-    assert set(pair["gate"]) == {"multiemo_en", "subjectivity_en"}
+    pair = summary["pairs"]["which_positive_en+wordorder_en"]
+    assert set(pair["gate"]) == {"which_positive_en", "wordorder_en"}
     for task, (low, point, high) in pair["methods"]["halves"]["retained_share"].items():
         assert task in pair["gate"] and (low is None or low <= point <= high)
     vs_lora = pair["methods"]["halves"]["vs_lora_task_arithmetic"]

@@ -2,7 +2,9 @@
 
     python -m experiments.composition.benchmark --preset quick -o results/composition/bench-quick
 
-Each pair is two registered classification tasks on MiniLM, each read by its own head. Per
+Each pair is two registered classification tasks on MiniLM, each read by its own head: word
+order × odd word, and which of two sentences is positive × word order (skills the frozen
+encoder's probe cannot read; `road_interp.tasks.probing`). Per
 (pair, seed) the benchmark trains, as resumable cells of a results store
 (`experiments.composition.store`):
 
@@ -70,7 +72,12 @@ PLANES |= {"tuned": "halves", "lora_ta": "lora"}
 class BenchConfig:
     """Settings of the benchmark (the defaults are the full run; presets change a few)."""
 
-    pairs: tuple[tuple[str, str], ...] = (("multiemo_en", "subjectivity_en"),)
+    pairs: tuple[tuple[str, str], ...] = (
+        ("wordorder_en", "oddword_en"),
+        ("which_positive_en", "wordorder_en"),
+    )
+    """skills the frozen encoder's probe cannot read (`road_interp.tasks.probing`): sentiment
+    and subjectivity on their own cannot pass the gate on MiniLM (results/gate-pilot)"""
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
     steps: int = 300
@@ -101,6 +108,7 @@ class BenchConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
+        pairs=(("which_positive_en", "wordorder_en"),),
         seeds=(0,),
         methods=("halves", "ties"),
         steps=60,
