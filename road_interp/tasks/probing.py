@@ -130,10 +130,10 @@ def which_positive_loader() -> Callable[[], list[Item]]:
             for side in (neg, pos):
                 random.Random(f"which_positive_en/{split}").shuffle(side)
             for j in range(min(len(neg) + len(pos), math.lcm(len(neg), len(pos)))):
-                a, b = neg[j % len(neg)], pos[j % len(pos)]
+                negative, positive = neg[j % len(neg)], pos[j % len(pos)]
                 second = random.Random(f"which_positive_en/{split}/{j}").random() < 0.5
-                first, other = (a, b) if second else (b, a)
-                example = Example(first, WHICH_POSITIVE, int(second), text_pair=other)
+                pair = (negative, positive) if second else (positive, negative)
+                example = Example(pair[0], WHICH_POSITIVE, int(second), text_pair=pair[1])
                 items.append(Item(example, f"{split}{j}", split))
         return items
 
