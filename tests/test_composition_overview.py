@@ -97,3 +97,12 @@ def test_folders_of_one_pair_count_once_by_their_best_method(tmp_path):
     assert targets["pairs scored"] == "1 of 1 (sentiment: buffered in gen-bigger-buffer)"
     beats = next(v for k, v in targets.items() if k.startswith("beats LoRA"))
     assert beats == "not met (0 of 1 pairs)"  # the best folder's gap, not the other's
+
+
+def test_intervals_in_the_table_are_rounded_per_skill():
+    from experiments.composition.overview import _rounded
+
+    assert _rounded({"a": [-1.0502293, 0.5, None], "b": [0.1, 0.2, 0.3]}) == (
+        "a [-1.0502, 0.5, None]; b [0.1, 0.2, 0.3]"
+    )
+    assert _rounded(None) == "–" and _rounded("the baseline itself") == "the baseline itself"

@@ -197,6 +197,18 @@ def write(results: str | Path) -> dict[str, Any]:
     return summary
 
 
+def _rounded(value: Any) -> str:
+    """An interval ``[low, point, high]``, or one per skill, as text to 4 decimals ('–' if
+    there is none); words as they are."""
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return "; ".join(f"{name} {_rounded(v)}" for name, v in value.items())
+    if isinstance(value, list):
+        return str([None if x is None else round(x, 4) for x in value])
+    return str(value)
+
+
 def _readme(summary: dict[str, Any]) -> str:
     lines = [
         "# Composition results: every pair",
@@ -223,14 +235,14 @@ def _readme(summary: dict[str, Any]) -> str:
             lines.append(f"| {name} | {pair['kind']} | {pair['seeds']} | {gate} | – | – | – | "
                          "not scored |")  # fmt: skip
         for method, e in pair["methods"].items():
-            shares = "; ".join(f"{s} {v}" for s, v in e["retained_share"].items())
+            shares = _rounded(e["retained_share"])
             best = " (best RoAd)" if method == pair["best_road_method"] else ""
             partial = pair["scored"] and not pair["counted"]
             verdict_words = f"partial, not counted: {e['verdict']}" if partial else e["verdict"]
             lines.append(
                 f"| {name} | {pair['kind']} | {e.get('seeds', pair['seeds'])} | {gate} | "
                 f"{method}{best} | "
-                f"{shares} | {e['vs_lora_task_arithmetic'] or '–'} | {verdict_words} |"
+                f"{shares} | {_rounded(e['vs_lora_task_arithmetic'])} | {verdict_words} |"
             )
     if "interchange" in summary:
         lines += [
