@@ -111,7 +111,7 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
 
     cfg = make_config(
         "quick", steps=2, train_examples=32, val_examples=16, test_examples=16,
-        methods=("halves", "ties", "lora_ta"), energy_examples=8,
+        methods=("halves", "ties", "lora_ta", "aware"), energy_examples=8,
     )  # fmt: skip
     partial = run_benchmark(cfg, tmp_path, budget_minutes=0)
     assert not partial["finished"] and not (tmp_path / "store.jsonl").exists()
@@ -119,8 +119,12 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
     assert summary["finished"]
     store = ResultStore(tmp_path)
     keys = set(store.records)
-    assert {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k} == {"halves", "ties", "lora_ta"}
-    record = store["which_positive_en+wordorder_en/seed0/compose/halves"]
+    composed = {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k}
+    assert composed == {"halves", "ties", "lora_ta", "aware"}
+    prefix = "which_positive_en+wordorder_en/seed0"
+    aware = store[f"{prefix}/compose/aware"]["task1"]  # the union = the two as trained
+    assert aware == {s: store[f"{prefix}/skill/1/aware"][s] for s in ("validation", "test")}
+    record = store[f"{prefix}/compose/halves"]
     assert len(record["task0"]["test"]) == 16 and set(record["task1"]["test"]) <= {0, 1}
     pair = summary["pairs"]["which_positive_en+wordorder_en"]
     assert set(pair["gate"]) == {"which_positive_en", "wordorder_en"}

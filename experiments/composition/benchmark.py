@@ -17,6 +17,9 @@ encoder's probe cannot read; `road_interp.tasks.probing`). Per
 then scores each method's composed model on both tasks' test sets with each task's head:
 
 - ``halves`` / ``random`` / ``energy``: `road_interp.compose.union` of the two skills;
+- ``aware`` (interference-aware training): the union of task 0's half-plane skill with
+  ``skill/1/aware``, task 1's adapter on its half trained with task 0's skill on the model,
+  active and frozen (so task 1 learns around task 0; task 0 is not protected);
 - ``ties``: `road_interp.merging.ties` of the two all-plane skills;
 - ``tuned``: the halves' union with strengths (λ_A, λ_B) (`road_interp.compose.scale`) picked
   on validation (the best worst-skill retained share);
@@ -27,7 +30,7 @@ then scores each method's composed model on both tasks' test sets with each task
 ``gate`` (10 points) on validation, on its half of the planes and on all planes (mean over
 seeds). **Retained share** of a skill under a method: (acc_composed − acc_probe) /
 (acc_alone − acc_probe), where "alone" is that skill's own adapter with the same planes (the
-all-plane adapter for ``ties``), with a paired bootstrap interval over test items (seeds as
+all-plane adapter for ``ties``; for ``aware`` the half-plane skills trained alone), with a paired bootstrap interval over test items (seeds as
 rows of the same items). Target: ≥ 0.95 with the interval's low end ≥ 0.85.
 
 Every per-example correctness is in ``store.jsonl``; the report (README.md, results.csv,
@@ -62,10 +65,11 @@ from road_interp.training import TrainConfig, train
 from . import bench_report
 from .store import ResultStore, benchmark_main, preset_config, run_and_reload
 
-METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta")
+METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta", "aware")
 PLANES = {"halves": "halves", "random": "random", "energy": "energy", "ties": "all"}
-PLANES |= {"tuned": "halves", "lora_ta": "lora"}
-"""The skills each method composes: RoAd1 on those planes, or (lora) the LoRA skills."""
+PLANES |= {"tuned": "halves", "lora_ta": "lora", "aware": "halves"}
+"""The skills each method's retained shares are measured against: RoAd1 trained alone on
+those planes, or (lora) the LoRA skills; each method but ``aware`` composes them."""
 
 
 @dataclass(frozen=True)
@@ -192,10 +196,19 @@ class PairRun:
         return self.scores(model, k)
 
     def skill(self, k: int, planes: str) -> dict[str, Any]:
-        """Train task k's adapter on ``planes`` (all, halves, random, energy); keep it."""
+        """Train task k's adapter on ``planes`` (all, halves, random, energy); keep it.
+
+        ``aware`` (task 1): on its half of the planes, with task 0's half-plane skill on the
+        model, active and frozen (without its head); scored with both on."""
         model = RoadModel(self.fresh(k))
+        if planes == "aware":
+            present = read_adapter(self.cell("skill0-halves") / "adapter")
+            model.load_adapter(replace(present, extra={}), "present")
         model.add_adapter("skill", RoadConfig(variant="road_1", group_size=64), seed=self.seed)
-        subspace = self.subspaces(model, planes)[k] if planes != "all" else None
+        if planes == "aware":
+            model.set_active("present", "skill")
+        halves = "halves" if planes == "aware" else planes
+        subspace = self.subspaces(model, halves)[k] if planes != "all" else None
         folder = self.cell(f"skill{k}-{planes}")
         with train_on(model, "skill", subspace) if subspace else nullcontext():
             train(model, self.tok, self.data["train"][k], self.train_config(), folder / "run")
@@ -235,12 +248,13 @@ class PairRun:
         if method == "lora_ta":
             return self.task_arithmetic()
         planes = PLANES[method]
-        skills = [read_adapter(self.cell(f"skill{k}-{planes}") / "adapter") for k in (0, 1)]
+        cells = (f"skill0-{planes}", "skill1-aware" if method == "aware" else f"skill1-{planes}")
+        skills = [read_adapter(self.cell(c) / "adapter") for c in cells]
         if method == "ties":
             merged = ties(skills, density=self.cfg.ties_density, drop_extra=True)
-            return self.score_composed(merged, planes)
+            return self.score_composed(merged, cells)
         if method != "tuned":
-            return self.score_composed(union(skills, drop_extra=True), planes)  # own heads
+            return self.score_composed(union(skills, drop_extra=True), cells)  # own heads
         return self.tuned(skills)
 
     def tuned(self, skills: list[AdapterFile]) -> dict[str, Any]:
@@ -249,7 +263,9 @@ class PairRun:
         results = {}
         for lam_a, lam_b in grid:
             composed = union([scale(skills[0], lam_a), scale(skills[1], lam_b)], drop_extra=True)
-            results[(lam_a, lam_b)] = self.score_composed(composed, "halves")
+            results[(lam_a, lam_b)] = self.score_composed(
+                composed, ("skill0-halves", "skill1-halves")
+            )
         best = max(grid, key=lambda lam: self.worst_validation_share(results[lam]))
         return {**results[best], "strengths": list(best)}
 
@@ -284,14 +300,14 @@ class PairRun:
             shares.append((composed - probe) / gain if gain != 0 else -math.inf)
         return min(shares)
 
-    def score_composed(self, adapter: AdapterFile, planes: str) -> dict[str, Any]:
-        """Each task's scores with ``adapter`` and the head trained beside task k's skill on
-        ``planes``."""
+    def score_composed(self, adapter: AdapterFile, heads: tuple[str, str]) -> dict[str, Any]:
+        """Each task's scores with ``adapter`` and the head kept in task k's cell
+        ``heads[k]``."""
         out = {}
         for k in (0, 1):
             model = RoadModel(self.fresh(k))
             model.load_adapter(adapter, "composed")
-            self.use_head(model.model, self.cell(f"skill{k}-{planes}"))
+            self.use_head(model.model, self.cell(heads[k]))
             out[f"task{k}"] = self.scores(model, k)
         return out
 
@@ -352,6 +368,8 @@ def cells(cfg: BenchConfig, folder: Path, store: ResultStore) -> Iterator[tuple[
                     yield f"{run.prefix}/skill/{k}/{p}", (lambda r=run, k=k, p=p: r.skill(k, p))
                 if "lora" in planes:
                     yield f"{run.prefix}/lora/{k}", (lambda r=run, k=k: r.lora(k))
+            if "aware" in cfg.methods:  # after task 0's half-plane skill, which it trains beside
+                yield f"{run.prefix}/skill/1/aware", (lambda r=run: r.skill(1, "aware"))
             for method in cfg.methods:
                 yield f"{run.prefix}/compose/{method}", (lambda r=run, m=method: r.compose(m))
 
