@@ -4,9 +4,8 @@
 
 Each pair is two registered classification tasks on MiniLM, each read by its own head: word
 order × odd word, and which of two sentences is positive × word order (skills the frozen
-encoder's probe cannot read; `road_interp.tasks.probing`). Per
-(pair, seed) the benchmark trains, as resumable cells of a results store
-(`experiments.composition.store`):
+encoder's probe cannot read; `road_interp.tasks.probing`). Per (pair, seed) the benchmark
+trains, as resumable cells of a results store (`experiments.composition.store`):
 
 - ``probe/<task>``: the frozen encoder with a trained head (the base model's accuracy);
 - ``skill/<task>/<planes>``: a RoAd1 adapter (and head) on all planes, or on the planes a
@@ -30,8 +29,9 @@ then scores each method's composed model on both tasks' test sets with each task
 ``gate`` (10 points) on validation, on its half of the planes and on all planes (mean over
 seeds). **Retained share** of a skill under a method: (acc_composed − acc_probe) /
 (acc_alone − acc_probe), where "alone" is that skill's own adapter with the same planes (the
-all-plane adapter for ``ties``; for ``aware`` the half-plane skills trained alone), with a paired bootstrap interval over test items (seeds as
-rows of the same items). Target: ≥ 0.95 with the interval's low end ≥ 0.85.
+all-plane adapter for ``ties``; for ``aware`` the half-plane skills trained alone), with a
+paired bootstrap interval over test items (seeds as rows of the same items). Target: ≥ 0.95
+with the interval's low end ≥ 0.85.
 
 Every per-example correctness is in ``store.jsonl``; the report (README.md, results.csv,
 summary.json, retained.png) is rebuilt from the store at the end of every sitting.
