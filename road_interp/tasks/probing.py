@@ -15,8 +15,9 @@ can be large, which the composition benchmark's learnability gate asks of a skil
 sentiment is not one on MiniLM: its probe already reads it).
 
 Which sentences are changed, and how, is drawn from a seed per row, so each task is fixed.
-Only alphabetic words are moved or replaced and a replacement keeps the capital of the word
-it replaces, so punctuation and case give nothing away. Only sentences of ``MIN_WORDS`` to
+Only alphabetic words are moved or replaced, so punctuation gives nothing away, and a
+replacement keeps the capital of the word it replaces (a swap with the first word does move
+its capital, as in BShift). Only sentences of ``MIN_WORDS`` to
 ``MAX_WORDS`` whitespace-separated words are kept (86% of the rows), so the change lies within
 the 64 tokens an encoder reads. The split is MultiEmo's shared cut (row-aligned
 with ``multiemo_en``), all four sentiments included.
