@@ -207,8 +207,8 @@ class PairRun:
         model.add_adapter("skill", RoadConfig(variant="road_1", group_size=64), seed=self.seed)
         if planes == "aware":
             model.set_active("present", "skill")
-        halves = "halves" if planes == "aware" else planes
-        subspace = self.subspaces(model, halves)[k] if planes != "all" else None
+        allocation = "halves" if planes == "aware" else planes
+        subspace = self.subspaces(model, allocation)[k] if planes != "all" else None
         folder = self.cell(f"skill{k}-{planes}")
         with train_on(model, "skill", subspace) if subspace else nullcontext():
             train(model, self.tok, self.data["train"][k], self.train_config(), folder / "run")
