@@ -7,9 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from experiments.composition import bench_report
 from experiments.composition.store import ResultStore, run_cells
+from road_interp import RoadModel
+from road_interp.evaluation import evaluate
+from road_interp.io import read_adapter
 
 
 def test_store_skips_finished_cells_and_survives_a_cut_last_line(tmp_path):
@@ -111,7 +115,8 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
 
     cfg = make_config(
         "quick", steps=2, train_examples=32, val_examples=16, test_examples=16,
-        methods=("halves", "ties", "lora_ta", "aware"), energy_examples=8,
+        methods=("halves", "ties", "lora_ta", "aware", "buffered", "joint"), energy_examples=8,
+        buffer_examples=8,
     )  # fmt: skip
     partial = run_benchmark(cfg, tmp_path, budget_minutes=0)
     assert not partial["finished"] and not (tmp_path / "store.jsonl").exists()
@@ -120,10 +125,12 @@ def test_a_tiny_benchmark_runs_resumes_and_reports(tmp_path):
     store = ResultStore(tmp_path)
     keys = set(store.records)
     composed = {k.rsplit("/", 1)[-1] for k in keys if "/compose/" in k}
-    assert composed == {"halves", "ties", "lora_ta", "aware"}
+    assert composed == {"halves", "ties", "lora_ta", "aware", "buffered", "joint"}
     prefix = "which_positive_en+wordorder_en/seed0"
-    aware = store[f"{prefix}/compose/aware"]["task1"]  # the union = the two as trained
-    assert aware == {s: store[f"{prefix}/skill/1/aware"][s] for s in ("validation", "test")}
+    for beside in ("aware", "buffered"):  # the union = the two as trained
+        union = store[f"{prefix}/compose/{beside}"]["task1"]
+        assert union == {s: store[f"{prefix}/skill/1/{beside}"][s] for s in ("validation", "test")}
+    assert store[f"{prefix}/skill/joint/all"]["trained_steps"] == 4  # twice a skill's steps
     record = store[f"{prefix}/compose/halves"]
     assert len(record["task0"]["test"]) == 16 and set(record["task1"]["test"]) <= {0, 1}
     pair = summary["pairs"]["which_positive_en+wordorder_en"]
@@ -304,3 +311,43 @@ def test_the_buffer_is_unlabeled_unseen_content_prompts_wrapped_by_the_format_re
     big = SeedRun(make_config("quick", pair="arithmetic", **sizes), 0, Path("x"))
     with pytest.raises(ValueError, match="lower buffer_examples"):  # 2,098 training items
         big.buffer_prompts()
+
+
+def test_task_heads_answer_each_example_with_its_task_and_frozen_heads_stay():
+    from experiments.composition.multitask import TaskHeads
+
+    torch.manual_seed(0)
+    linear = [torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)]
+    heads = TaskHeads(linear, own=1, frozen=(0,))
+    assert {n for n, _ in heads.named_parameters()} >= {"weight", "bias"}  # the head's names
+    x = torch.randn(3, 4)
+    with heads.routed([1, 0, 1]):
+        logits = heads(x)
+    for b, k in enumerate((1, 0, 1)):
+        torch.testing.assert_close(logits[b], linear[k](x[b]))
+    logits.sum().backward()
+    assert linear[0].weight.grad is None and linear[1].weight.grad is not None
+    with pytest.raises(RuntimeError, match="routed"):
+        heads(x)  # outside routed(...): which head is unknown
+    with pytest.raises(ValueError, match="same number of labels"):
+        TaskHeads([torch.nn.Linear(4, 2), torch.nn.Linear(4, 3)], own=0)
+
+
+@pytest.mark.real
+def test_the_buffer_is_unseen_task0_inputs_labelled_by_task0s_skill_alone(tmp_path):
+    from experiments.composition.benchmark import PairRun, make_config
+
+    cfg = make_config("quick", steps=2, train_examples=32, val_examples=8, test_examples=8,
+                      buffer_examples=12)  # fmt: skip
+    run = PairRun(cfg, cfg.pairs[0], 0, tmp_path, ResultStore(tmp_path))
+    run.skill(0, "halves")
+    buffer = run.buffer()
+    seen = {(e.text, e.text_pair) for e in run.data["train"][0]}
+    assert len(buffer) == 12 and not seen & {(e.text, e.text_pair) for e in buffer}
+    gold = run.tasks[0].examples("train", 44, 0)[32:]
+    assert [(e.text, e.text_pair) for e in buffer] == [(e.text, e.text_pair) for e in gold]
+    # the skill alone, scored with the buffer's labels as gold: all correct
+    model = RoadModel(run.fresh(0))
+    model.load_adapter(read_adapter(run.cell("skill0-halves") / "adapter"), "alone")
+    run.use_head(model.model, run.cell("skill0-halves") / "head.safetensors")
+    assert evaluate(model, run.tok, buffer, max_length=cfg.max_length)["accuracy"] == 1.0

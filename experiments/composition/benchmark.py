@@ -19,17 +19,27 @@ then scores each method's composed model on both tasks' test sets with each task
 - ``aware`` (interference-aware training): the union of task 0's half-plane skill with
   ``skill/1/aware``, task 1's adapter on its half trained with task 0's skill on the model,
   active and frozen (so task 1 learns around task 0; task 0 is not protected);
+- ``buffered``: the same with ``skill/1/buffered``, trained beside task 0's skill on task 1's
+  data and on a buffer of ``buffer_examples`` **unlabeled** task-0 training inputs (ones task
+  0's skill never saw), each labelled by task 0's half-plane skill alone and answered through
+  its frozen head: task 1 is taught to leave task 0's answers as they were (a hard-label
+  distillation to the task-0-only model; no gold task-0 label is used);
 - ``ties``: `road_interp.merging.ties` of the two all-plane skills;
 - ``tuned``: the halves' union with strengths (λ_A, λ_B) (`road_interp.compose.scale`) picked
   on validation (the best worst-skill retained share);
 - ``lora_ta``, the baseline: LoRA (rank 8) per skill (``lora/<task>``), merged by task
-  arithmetic W + λ (ΔW_A + ΔW_B) with λ picked on validation the same way.
+  arithmetic W + λ (ΔW_A + ΔW_B) with λ picked on validation the same way;
+- ``joint``, the multi-task baseline (an upper bound for training without the other task's
+  data, not a composition): ``skill/joint/all``, one RoAd1 adapter on all planes with a head
+  per task (`experiments.composition.multitask`), trained on both training sets shuffled
+  together for twice the steps (each task's examples seen as often as alone).
 
 **Gate** (learnability first): a pair is scored only if each skill beats its probe by
 ``gate`` (10 points) on validation, on its half of the planes and on all planes (mean over
 seeds). **Retained share** of a skill under a method: (acc_composed − acc_probe) /
 (acc_alone − acc_probe), where "alone" is that skill's own adapter with the same planes (the
-all-plane adapter for ``ties``; for ``aware`` the half-plane skills trained alone), with a
+all-plane adapter for ``ties`` and ``joint``; for ``aware`` and ``buffered`` the half-plane
+skills trained alone), with a
 paired bootstrap interval over test items (seeds as rows of the same items). Target: ≥ 0.95
 with the interval's low end ≥ 0.85.
 
@@ -45,7 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,17 +69,22 @@ from road_interp.injection import resolve_targets
 from road_interp.io import AdapterFile, read_adapter, write_adapter
 from road_interp.merging import ties
 from road_interp.subspaces import model_sizes, train_on
-from road_interp.tasks import get_task
+from road_interp.tasks import Example, get_task
 from road_interp.training import TrainConfig, train
 
 from . import bench_report
+from .multitask import TaskHeads, load_head, train_mixed
 from .store import ResultStore, benchmark_main, preset_config, run_and_reload
 
-METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta", "aware")
+METHODS = ("halves", "random", "energy", "ties", "tuned", "lora_ta", "aware", "buffered", "joint")
 PLANES = {"halves": "halves", "random": "random", "energy": "energy", "ties": "all"}
-PLANES |= {"tuned": "halves", "lora_ta": "lora", "aware": "halves"}
+PLANES |= {"tuned": "halves", "lora_ta": "lora", "aware": "halves", "buffered": "halves"}
+PLANES |= {"joint": "all"}
 """The skills each method's retained shares are measured against: RoAd1 trained alone on
-those planes, or (lora) the LoRA skills; each method but ``aware`` composes them."""
+those planes, or (lora) the LoRA skills; each method but ``aware``, ``buffered`` and
+``joint`` composes them."""
+HEAD = "head.safetensors"
+"""A cell's kept head (``joint``'s cell keeps one per task: ``head0.safetensors``, ...)"""
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,11 @@ class BenchConfig:
     lora_rank: int = 8
     lora_lr: float = 1e-3
     """not swept: LoRA's usual rate for short runs (RoAd's, 1e-2, is ~10x it)"""
+    buffer_examples: int = 1000
+    """unlabeled task-0 training inputs (after the ``train_examples`` its skills saw) that
+    ``buffered`` trains on"""
+
+    READ_BY: ClassVar[dict[str, str]] = {"buffer_examples": "buffered"}
 
     def __post_init__(self) -> None:
         unknown = set(self.methods) - set(METHODS)
@@ -198,25 +218,76 @@ class PairRun:
     def skill(self, k: int, planes: str) -> dict[str, Any]:
         """Train task k's adapter on ``planes`` (all, halves, random, energy); keep it.
 
-        ``aware`` (task 1): on its half of the planes, with task 0's half-plane skill on the
-        model, active and frozen (without its head); scored with both on."""
+        ``aware`` and ``buffered`` (task 1): on its half of the planes, with task 0's
+        half-plane skill on the model, active and frozen (``buffered``: with its head, on
+        `buffer`); scored with both on."""
         model = RoadModel(self.fresh(k))
-        if planes == "aware":
+        beside = planes in ("aware", "buffered")
+        if beside:
             present = read_adapter(self.cell("skill0-halves") / "adapter")
             model.load_adapter(replace(present, extra={}), "present")
         model.add_adapter("skill", RoadConfig(variant="road_1", group_size=64), seed=self.seed)
-        if planes == "aware":
+        if beside:
             model.set_active("present", "skill")
-        allocation = "halves" if planes == "aware" else planes
+        allocation = "halves" if beside else planes
         subspace = self.subspaces(model, allocation)[k] if planes != "all" else None
         folder = self.cell(f"skill{k}-{planes}")
         with train_on(model, "skill", subspace) if subspace else nullcontext():
-            train(model, self.tok, self.data["train"][k], self.train_config(), folder / "run")
+            if planes == "buffered":
+                self.train_buffered(model, folder / "run")
+            else:
+                train(model, self.tok, self.data["train"][k], self.train_config(), folder / "run")
         write_adapter(model.adapter_file("skill"), folder / "adapter", overwrite=True)
         head = {n: p.detach().contiguous() for n, p in head_parameters(model).items()}
-        save_file(head, str(folder / "head.safetensors"))
+        save_file(head, str(folder / HEAD))
         shutil.rmtree(folder / "run")  # the adapter and head are kept; the checkpoint is not
         return self.scores(model, k)
+
+    def train_buffered(self, model: RoadModel, run: Path) -> None:
+        """Task 1's skill on task 1's training set and `buffer`, shuffled together for the
+        steps that show task 1's examples as often as alone; buffer items are answered by
+        task 0's frozen head."""
+        inner = model.model
+        own = inner.classifier
+        present = load_head(self.cell("skill0-halves") / HEAD)
+        heads = TaskHeads([present, own], own=1, frozen=(0,))
+        inner.classifier = heads
+        buffer, examples = self.buffer(), self.data["train"][1]
+        steps = round(self.cfg.steps * (len(examples) + len(buffer)) / len(examples))
+        config = replace(self.train_config(), max_steps=steps)
+        train_mixed(model, self.tok, heads, (buffer, examples), config, run)
+        inner.classifier = own
+
+    def buffer(self) -> list[Example]:
+        """``buffer_examples`` task-0 training inputs its skills never saw, each labelled by
+        task 0's half-plane skill alone (its prediction, not the gold label)."""
+        c = self.cfg
+        unseen = self.tasks[0].examples("train", c.train_examples + c.buffer_examples, self.seed)
+        unseen = unseen[c.train_examples :]
+        alone = RoadModel(self.fresh(0))
+        alone.load_adapter(read_adapter(self.cell("skill0-halves") / "adapter"), "alone")
+        self.use_head(alone.model, self.cell("skill0-halves") / HEAD)
+        predicted = evaluate(
+            alone, self.tok, unseen, batch_size=64, max_length=c.max_length,
+            progress=False, predictions=True,
+        )["predictions"]  # fmt: skip
+        return [replace(e, label=int(p)) for e, p in zip(unseen, predicted, strict=True)]
+
+    def joint(self) -> dict[str, Any]:
+        """The ``joint`` baseline's adapter and a head per task (scored by compose/joint)."""
+        model = RoadModel(self.fresh(0))
+        model.add_adapter("skill", RoadConfig(variant="road_1", group_size=64), seed=self.seed)
+        inner = model.model
+        heads = TaskHeads([inner.classifier, self.fresh(1).classifier], own=0)
+        inner.classifier = heads
+        folder = self.cell("skill-joint")
+        config = replace(self.train_config(), max_steps=2 * self.cfg.steps)
+        train_mixed(model, self.tok, heads, self.data["train"], config, folder / "run")
+        write_adapter(model.adapter_file("skill"), folder / "adapter", overwrite=True)
+        for k in (0, 1):
+            heads.save_head(k, folder / f"head{k}.safetensors")
+        shutil.rmtree(folder / "run")
+        return {"trained_steps": config.max_steps}
 
     def lora(self, k: int) -> dict[str, Any]:
         """Train task k's LoRA (and head); keep each target's ΔW and the head."""
@@ -239,7 +310,7 @@ class PairRun:
         }
         save_file(deltas, str(folder / "delta.safetensors"))
         head = {n: p.detach().contiguous() for n, p in head_parameters(model).items()}
-        save_file(head, str(folder / "head.safetensors"))
+        save_file(head, str(folder / HEAD))
         shutil.rmtree(folder / "run")
         return scores
 
@@ -247,25 +318,29 @@ class PairRun:
         """Both tasks' validation and test scores of ``method``'s composed model."""
         if method == "lora_ta":
             return self.task_arithmetic()
+        if method == "joint":
+            folder = self.cell("skill-joint")
+            heads = (folder / "head0.safetensors", folder / "head1.safetensors")
+            return self.score_composed(read_adapter(folder / "adapter"), heads)
         planes = PLANES[method]
-        cells = (f"skill0-{planes}", "skill1-aware" if method == "aware" else f"skill1-{planes}")
+        beside = method in ("aware", "buffered")
+        cells = (f"skill0-{planes}", f"skill1-{method}" if beside else f"skill1-{planes}")
         skills = [read_adapter(self.cell(c) / "adapter") for c in cells]
+        own_heads = (self.cell(cells[0]) / HEAD, self.cell(cells[1]) / HEAD)
         if method == "ties":
             merged = ties(skills, density=self.cfg.ties_density, drop_extra=True)
-            return self.score_composed(merged, cells)
+            return self.score_composed(merged, own_heads)
         if method != "tuned":
-            return self.score_composed(union(skills, drop_extra=True), cells)  # own heads
-        return self.tuned(skills)
+            return self.score_composed(union(skills, drop_extra=True), own_heads)
+        return self.tuned(skills, own_heads)
 
-    def tuned(self, skills: list[AdapterFile]) -> dict[str, Any]:
+    def tuned(self, skills: list[AdapterFile], heads: tuple[Path, Path]) -> dict[str, Any]:
         """The halves' union at the strengths with the best worst-skill validation share."""
         grid = [(a, b) for a in self.cfg.scales for b in self.cfg.scales]
         results = {}
         for lam_a, lam_b in grid:
             composed = union([scale(skills[0], lam_a), scale(skills[1], lam_b)], drop_extra=True)
-            results[(lam_a, lam_b)] = self.score_composed(
-                composed, ("skill0-halves", "skill1-halves")
-            )
+            results[(lam_a, lam_b)] = self.score_composed(composed, heads)
         best = max(grid, key=lambda lam: self.worst_validation_share(results[lam]))
         return {**results[best], "strengths": list(best)}
 
@@ -281,7 +356,7 @@ class PairRun:
                     for name, delta in deltas[0].items():
                         weight = model.get_submodule(name).weight
                         weight.add_(lam * (delta + deltas[1][name]))
-                self.use_head(model, self.cell(f"lora{k}"))
+                self.use_head(model, self.cell(f"lora{k}") / HEAD)
                 out[f"task{k}"] = self.scores(model, k)
             results[lam] = out
         best = max(
@@ -300,22 +375,21 @@ class PairRun:
             shares.append((composed - probe) / gain if gain != 0 else -math.inf)
         return min(shares)
 
-    def score_composed(self, adapter: AdapterFile, heads: tuple[str, str]) -> dict[str, Any]:
-        """Each task's scores with ``adapter`` and the head kept in task k's cell
-        ``heads[k]``."""
+    def score_composed(self, adapter: AdapterFile, heads: tuple[Path, Path]) -> dict[str, Any]:
+        """Each task's scores with ``adapter`` and task k's head file ``heads[k]``."""
         out = {}
         for k in (0, 1):
             model = RoadModel(self.fresh(k))
             model.load_adapter(adapter, "composed")
-            self.use_head(model.model, self.cell(heads[k]))
+            self.use_head(model.model, heads[k])
             out[f"task{k}"] = self.scores(model, k)
         return out
 
     @staticmethod
-    def use_head(model: torch.nn.Module, folder: Path) -> None:
-        """Copy the head kept in ``folder`` into a Hugging Face classifier."""
+    def use_head(model: torch.nn.Module, head_file: Path) -> None:
+        """Copy a kept head (a head file) into a Hugging Face classifier."""
         with torch.no_grad():
-            for name, value in load_file(str(folder / "head.safetensors")).items():
+            for name, value in load_file(str(head_file)).items():
                 model.get_parameter(name).copy_(value)
 
     # -- planes -----------------------------------------------------------------------------
@@ -368,8 +442,11 @@ def cells(cfg: BenchConfig, folder: Path, store: ResultStore) -> Iterator[tuple[
                     yield f"{run.prefix}/skill/{k}/{p}", (lambda r=run, k=k, p=p: r.skill(k, p))
                 if "lora" in planes:
                     yield f"{run.prefix}/lora/{k}", (lambda r=run, k=k: r.lora(k))
-            if "aware" in cfg.methods:  # after task 0's half-plane skill, which it trains beside
-                yield f"{run.prefix}/skill/1/aware", (lambda r=run: r.skill(1, "aware"))
+            for beside in ("aware", "buffered"):  # after task 0's half-plane skill
+                if beside in cfg.methods:
+                    yield f"{run.prefix}/skill/1/{beside}", (lambda r=run, b=beside: r.skill(1, b))
+            if "joint" in cfg.methods:
+                yield f"{run.prefix}/skill/joint/all", run.joint
             for method in cfg.methods:
                 yield f"{run.prefix}/compose/{method}", (lambda r=run, m=method: r.compose(m))
 
