@@ -255,10 +255,11 @@ def _readme(
     lines += [f"- {k}: {v}" for k, v in summary["verdicts"].items()]
     lines += [
         "",
-        "Not run yet here: joint multi-task training (the upper bound). Generation pairs on "
-        "SmolLM2, with the joint baseline, are in `experiments.composition.generation_bench`; "
-        "interchange interventions with their nulls (on the generation pair's sentiment "
-        "skill) in `experiments.composition.interchange_bench`.",
+        "`joint` (one all-plane adapter trained on both tasks, a head each) is a baseline, "
+        "not a composition: it needs both tasks' data at once. Generation pairs on SmolLM2 "
+        "are in `experiments.composition.generation_bench`; interchange interventions with "
+        "their nulls (on the generation pair's sentiment skill) in "
+        "`experiments.composition.interchange_bench`.",
     ]
     return "\n".join(lines) + "\n"
 
