@@ -137,12 +137,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         pairs=(("which_positive_en", "wordorder_en"),),
         seeds=(0,),
-        methods=("halves", "ties"),
+        methods=("halves", "buffered"),  # the naive union and the pair's best RoAd method
         steps=60,
         train_examples=960,
         val_examples=200,
         test_examples=400,
         energy_examples=64,
+        buffer_examples=240,
     ),
     "default": {},
 }
